@@ -1,0 +1,37 @@
+# One front door: every target sets up .venv first; CI calls `make test` too.
+PY      ?= python3.11
+VENV    := .venv
+BIN     := $(VENV)/bin
+CONFIG  ?= configs/default.yaml
+STAMP   := $(VENV)/.installed
+
+.PHONY: setup test test-slow demo data preview bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+demo: data preview
+
+data: setup
+	$(BIN)/taskonomy --config $(CONFIG) data
+
+preview: setup
+	$(BIN)/taskonomy --config $(CONFIG) data --preview docs/contact_sheet.png
+
+bench: setup
+	$(BIN)/python benchmarks/bench_data.py
+
+clean:
+	rm -rf runs/
