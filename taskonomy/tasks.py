@@ -73,6 +73,13 @@ class Task:
     def is_target(self) -> bool:
         return self.role in ("both", "target") and self.head != "none"
 
+    @property
+    def store_dtype(self) -> str:
+        """dtype of the label array in data.zarr: class indices uint8, dense maps float16, vectors float32."""
+        if self.label_dtype != "float32":
+            return self.label_dtype
+        return "float16" if self.head == "dense" else "float32"
+
     def label_shape(self, size: int) -> tuple[int, ...]:
         """Shape of one image's label at image size `size` (no batch axis)."""
         if self.head == "none":
