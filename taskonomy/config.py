@@ -1,0 +1,154 @@
+"""Configuration: validated defaults, a small YAML override, the resolved config saved in the run folder.
+
+    taskonomy --config configs/tiny.yaml data
+
+An unknown key or a bad value is refused with one line naming the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from taskonomy import TaskonomyError
+from taskonomy import tasks as registry
+
+__all__ = ["Config", "DataConfig", "SplitConfig", "load_config", "content_hash"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitConfig(_Strict):
+    """Splits are made by scene, so no room appears in two splits (as Taskonomy splits by building)."""
+
+    test: float = Field(0.25, gt=0, lt=1, description="fraction of scenes held out for testing transfers")
+    transfer: float = Field(0.125, gt=0, le=1, description="fraction of the train scenes the readouts see")
+
+
+class DataConfig(_Strict):
+    """The generated data set."""
+
+    image_size: int = Field(64, ge=16, le=512)
+    n_scenes: int = Field(600, ge=4)
+    views_per_scene: int = Field(5, ge=1, le=1000)
+    max_objects: int = Field(6, ge=2, le=24)
+    n_lights: int = Field(2, ge=1, le=8)
+    fov_degrees: float = Field(65.0, ge=30, le=120)
+    tasks: list[str] | Literal["all"] = "all"
+    splits: SplitConfig = SplitConfig()
+    chunk_images: int | Literal["auto"] = "auto"
+    batch: int = Field(64, ge=1, le=4096, description="images rendered per call of the ray caster")
+
+    @field_validator("image_size")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError(f"expected a multiple of 8 (the encoder downsamples by 8), got {value}")
+        return value
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_targets(cls, value: list[str] | str) -> list[str] | str:
+        if value == "all":
+            return value
+        if not value:
+            raise ValueError("expected at least one task, or 'all'")
+        names = []
+        for name in value:
+            try:
+                task = registry.get(name)
+            except registry.TaskonomyError as err:
+                raise ValueError(str(err)) from None
+            if task.head == "none":
+                raise ValueError(f"{name!r} is a control with no labels; controls are sources, not data tasks")
+            if task.name in names:
+                raise ValueError(f"task {task.name!r} is listed twice")
+            names.append(task.name)
+        return names
+
+    @field_validator("chunk_images")
+    @classmethod
+    def _positive_chunk(cls, value: int | str) -> int | str:
+        if value != "auto" and value < 1:
+            raise ValueError(f"expected 'auto' or a positive number of images, got {value}")
+        return value
+
+    @property
+    def n_images(self) -> int:
+        return self.n_scenes * self.views_per_scene
+
+    def task_names(self) -> list[str]:
+        """The configured tasks with labels, in registry order when 'all'."""
+        if self.tasks == "all":
+            return [t.name for t in registry.all_tasks() if t.head != "none"]
+        return list(self.tasks)
+
+
+class Config(_Strict):
+    """A whole run's configuration. Later stages add their sections here."""
+
+    name: str = "default"
+    seed: int = Field(0, ge=0, lt=2**63)
+    threads: int | None = Field(None, ge=1, description="threads for torch, Numba and Dask; default all cores")
+    data: DataConfig = DataConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, value: str) -> str:
+        # the name becomes runs/<name>: letters, digits, '-', '_', '.', not starting with '.'
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", value):
+            raise ValueError(f"expected 1-64 letters, digits, '_', '-' or '.', not starting with '.', got {value!r}")
+        return value
+
+
+def _one_line(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key {key!r}"
+    msg = first["msg"].removeprefix("Value error, ")
+    given = first.get("input")
+    shown = "" if isinstance(given, dict) or "got" in msg else f" (got {given!r})"
+    return f"{source}: {key}: {msg}{shown}"
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the YAML file at `path` (its stem is the default name), then `overrides`."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            text = path.read_text()
+        except OSError as err:
+            raise TaskonomyError(f"cannot read config {path}: {err.strerror or err}") from None
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise TaskonomyError(f"{path}: not valid YAML{where}") from None
+        if not isinstance(raw, dict):
+            raise TaskonomyError(f"{path}: expected a mapping of keys at the top level, got {type(raw).__name__}")
+        raw.setdefault("name", path.stem)
+    for key, value in (overrides or {}).items():
+        raw[key] = value
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise TaskonomyError(_one_line(err, source)) from None
+
+
+def content_hash(*parts: Any) -> str:
+    """A short, stable hash of JSON-able parts (configs, versions), for up-to-date checks."""
+    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
