@@ -163,8 +163,9 @@ def sample_scene(rng: np.random.Generator, max_objects: int = 6, n_lights: int =
         obj_class=np.array(classes, np.int32),
         tex_kind=np.array(kinds, np.int32), tex_color=np.array(colors, np.float64),
         tex_scale=np.array(scales, np.float64),
-        light_pos=light_pos, light_power=rng.uniform(3.0, 6.0, n_lights) / n_lights * 2,
-        ambient=float(rng.uniform(0.15, 0.3)),
+        # total power ~2 split over the lights: a wall 2 m from a light gets ~0.5 (no clipping after albedo)
+        light_pos=light_pos, light_power=rng.uniform(1.4, 2.6, n_lights) / n_lights,
+        ambient=float(rng.uniform(0.12, 0.22)),
     )
 
 
@@ -188,10 +189,20 @@ def _free_position(scene: Scene, rng: np.random.Generator, near: np.ndarray | No
 
 
 def sample_camera(scene: Scene, rng: np.random.Generator, fov: float) -> Camera:
-    """A camera at eye height somewhere free in the room, looking level-ish in a random direction."""
+    """A camera at eye height somewhere free in the room, looking level-ish.
+
+    Most cameras turn towards a random object (with jitter), as a person photographing a room would;
+    the rest look in a random direction, so that bare walls and corners are seen too.
+    """
     position = _free_position(scene, rng)
-    forward = _direction(rng.uniform(0, 2 * np.pi), rng.uniform(-0.45, 0.05))
-    return Camera(position, _rotation(forward, rng.uniform(-0.06, 0.06)), fov)
+    if scene.n_objects and rng.random() < 0.75:
+        target = scene.obj_center[rng.integers(scene.n_objects)]
+        delta = target - position
+        yaw = np.arctan2(delta[1], delta[0]) + rng.uniform(-0.35, 0.35)
+        pitch = np.clip(np.arctan2(delta[2], np.hypot(delta[0], delta[1])) + rng.uniform(-0.1, 0.15), -0.6, 0.05)
+    else:
+        yaw, pitch = rng.uniform(0, 2 * np.pi), rng.uniform(-0.45, 0.05)
+    return Camera(position, _rotation(_direction(yaw, pitch), rng.uniform(-0.06, 0.06)), fov)
 
 
 def pair_cameras(scene: Scene, camera: Camera, points: np.ndarray, rng: np.random.Generator) -> dict[str, Camera]:
