@@ -1,0 +1,493 @@
+"""Taskonomy's folder format: export data.zarr to it and read it back (DESIGN.md sections 4 and 10).
+
+    taskonomy data --export-taskonomy DIR
+
+writes `DIR/<domain>/<building>/point_<p>_view_<v>_domain_<domain>.png` with building `scene{scene:05d}`,
+p = meta/point, v = 0 for the main view; `read_taskonomy` reads that layout, the original release's
+`<building>/<domain>/...` and omnidata's `<domain>/taskonomy/<building>/...` into a data.zarr.
+
+Encodings (PNG code c, label x; `x = c / scale + offset`, `c = round((x - offset) * scale)` clipped):
+
+| task (domain) | PNG | scale | offset | range |
+|---|---|---|---|---|
+| rgb, views | 8-bit RGB | | | the uint8 image |
+| depth_zbuffer, depth_euclidean | 16-bit grey | 512 | 0 | [0, 127.998] m; 65535 = too far / invalid |
+| normal | 8-bit RGB | 127 | -1 | [-1, 1.008]: c = round(127 n + 127), n = (c - 127) / 127 |
+| segment_semantic | 8-bit grey | | | class ids, exact |
+| curvature (principal_curvature) | 8-bit RGB, B = 0 | 8 | -15.875 | [-15.875, 16] 1/m; c = 127 is 0 |
+| colorization | 8-bit RGB, B = 0 | 200 | -0.635 | [-0.635, 0.64]; c = 127 is 0 |
+| autoencoding, denoising, inpainting, segment_unsup2d | 8-bit RGB | 255 | 0 | [0, 1] |
+| segment_unsup25d | 8-bit RGBA | 127 (RGB), 16 (A) | -1 (RGB), 0 (A) | normal [-1, 1], depth [0, 15.94] m |
+| edge_texture, edge_occlusion, reshading, keypoints2d, keypoints3d | 16-bit grey | 65535 | 0 | [0, 1] |
+
+Other dense tasks get their data's own per-channel range (16-bit grey for one channel, 8-bit RGB/RGBA for
+two to four), recorded in `taskonomy_export.json`, which the reader prefers over this table. Global and pair
+labels go into `point_info/<building>/point_<p>_view_0_domain_point_info.json` (keys = task names); the second
+view of pair task t is `rgb/<building>/point_<p>_view_<v>_domain_rgb.png` with v = VIEW_SLOTS[t] (egomotion 1,
+fixated_pose 2, nonfixated_pose 3, point_matching 4, user pair tasks 5..), and the JSON's "views" key says so. `taskonomy_export.json` is written last: a folder without it was not exported completely.
+The export empties a folder that holds an earlier export of ours and refuses any other non-empty folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import warnings
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from taskonomy import TaskonomyError, TaskonomyWarning
+from taskonomy import tasks as registry
+from taskonomy.runtime import default_threads
+from taskonomy.store import open_complete
+
+__all__ = ["EXPORT_FILE", "VIEW_SLOTS", "Encoding", "encoding_for", "export_taskonomy", "read_taskonomy"]
+
+EXPORT_FILE = "taskonomy_export.json"
+_PARTIAL = ".taskonomy_export_partial"
+VIEW_SLOTS = {"egomotion": 1, "fixated_pose": 2, "nonfixated_pose": 3, "point_matching": 4}
+FILE_RE = re.compile(r"point_(\d+)_view_(\d+)_domain_(\w+)")
+_DATA_NAMES = {"principal_curvature": "curvature"}  # the data release's domain names that are not task aliases
+_PNG_CHANNELS = {"L": 1, "I;16": 1, "RGB": 3, "RGBA": 4}
+_MODE_WORDS = {"L": "8-bit grey", "I;16": "16-bit grey", "RGB": "8-bit RGB", "RGBA": "8-bit RGBA"}
+_STORE_KEYS_DROPPED = ("complete", "chunk_images", "chunks_done")
+
+Key = tuple[str, int, int]  # (building, point, view)
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How one dense task is stored as PNG: x = code / scale + offset per channel (or class ids as is)."""
+
+    domain: str
+    mode: str  # PIL mode of the PNG: L, I;16, RGB, RGBA
+    scale: tuple[float, ...] = ()
+    offset: tuple[float, ...] = ()
+    classes: bool = False  # uint8 class ids: written as is, resized with nearest
+
+    @property
+    def max_code(self) -> int:
+        return 65535 if self.mode == "I;16" else 255
+
+    def encode(self, x: np.ndarray) -> tuple[np.ndarray, int]:
+        """Labels (B, C, H, W) (or (B, H, W) class ids) -> codes (B, H, W[, png channels]), n clipped values."""
+        if self.classes:
+            return x.astype(np.uint8), 0
+        scale = np.asarray(self.scale, np.float32)[:, None, None]
+        code = (x.astype(np.float32) - np.asarray(self.offset, np.float32)[:, None, None]) * scale
+        bad = int(np.count_nonzero(~np.isfinite(code) | (code < -0.5) | (code > self.max_code + 0.5)))
+        code = np.clip(np.nan_to_num(code, nan=self.max_code, posinf=self.max_code, neginf=0), 0, self.max_code)
+        code = np.moveaxis(np.rint(code).astype(np.uint16 if self.mode == "I;16" else np.uint8), 1, -1)
+        pad = _PNG_CHANNELS[self.mode] - code.shape[-1]
+        if pad:  # unused PNG channels are 0
+            code = np.concatenate([code, np.zeros(code.shape[:-1] + (pad,), code.dtype)], axis=-1)
+        return (code[..., 0] if self.mode in ("L", "I;16") else code), bad
+
+    def decode(self, code: np.ndarray) -> np.ndarray:
+        """Codes (H, W[, png channels]) -> labels (C, H, W) float32 (or (H, W) uint8 class ids)."""
+        if self.classes:
+            return code.astype(np.uint8)
+        code = code.reshape(code.shape[:2] + (-1,))[..., :len(self.scale)].astype(np.float32)
+        return np.moveaxis(code / np.asarray(self.scale, np.float32) + np.asarray(self.offset, np.float32), -1, 0)
+
+
+# task -> (domain, PNG mode, scale, offset): x = code / scale + offset (the table of the module docstring)
+_TABLE: dict[str, tuple[str, str, float | tuple, float | tuple]] = {
+    "depth_zbuffer": ("depth_zbuffer", "I;16", 512, 0),  # the original release: 1/512 m units
+    "depth_euclidean": ("depth_euclidean", "I;16", 512, 0),
+    "normal": ("normal", "RGB", 127, -1),  # 127-centred as in the original release
+    "curvature": ("principal_curvature", "RGB", 8, -127 / 8),
+    "colorization": ("colorization", "RGB", 200, -127 / 200),
+    **{k: (k, "RGB", 255, 0) for k in ("autoencoding", "denoising", "inpainting", "segment_unsup2d")},
+    "segment_unsup25d": ("segment_unsup25d", "RGBA", (127, 127, 127, 16), (-1, -1, -1, 0)),
+    # edge_texture is a Sobel/8 magnitude of [0, 1] luma (at most 0.71), the others are ramps or tanh in [0, 1]
+    **{k: (k, "I;16", 65535, 0) for k in ("edge_texture", "edge_occlusion", "reshading", "keypoints2d",
+                                           "keypoints3d")},
+}
+
+
+def encoding_for(task: registry.Task) -> Encoding | None:
+    """The fixed encoding of a built-in dense task (module docstring), None when it has none."""
+    if task.head != "dense":
+        return None
+    if task.loss == "ce_dense" and task.label_dtype == "uint8":
+        return Encoding(task.name, "L", classes=True)
+    if task.name not in _TABLE:
+        return None
+    domain, mode, scale, offset = _TABLE[task.name]
+    per = lambda v: tuple(float(a) for a in (v if isinstance(v, tuple) else (v,) * task.channels))  # noqa: E731
+    return Encoding(domain, mode, per(scale), per(offset))
+
+
+def _data_encoding(task: registry.Task, array: Any) -> Encoding:
+    """For a dense task with no fixed encoding: its data's own per-channel range."""
+    c = task.channels
+    if c > 4:
+        raise TaskonomyError(f"task {task.name}: {c} channels do not fit one PNG (at most 4)")
+    values = np.moveaxis(np.asarray(array[:], np.float32), 1, 0).reshape(c, -1)
+    lo, hi = np.nanmin(values, axis=1), np.nanmax(values, axis=1)
+    mode = "I;16" if c == 1 else ("RGB" if c <= 3 else "RGBA")
+    top = 65535 if mode == "I;16" else 255
+    scale = tuple(float(top / (h - l)) if h > l else 1.0 for l, h in zip(lo, hi))
+    return Encoding(task.name, mode, scale, tuple(float(l) for l in lo))
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+def export_taskonomy(data_path: str | Path, out_dir: str | Path, progress: bool = True) -> int:
+    """Write the complete data.zarr at `data_path` in Taskonomy's layout under `out_dir`; returns the image count."""
+    group = open_complete(data_path, "taskonomy data")
+    n, size = group["images/rgb"].shape[0], int(group["images/rgb"].shape[-1])
+    scene, point = np.asarray(group["meta/scene"][:]), np.asarray(group["meta/point"][:])
+    buildings = [f"scene{int(s):05d}" for s in scene]
+    if len(set(zip(buildings, point.tolist()))) != n:
+        raise TaskonomyError(f"{data_path}: meta/scene and meta/point do not name each image once")
+    names = list(group["labels"].array_keys()) if "labels" in group else []
+    encodings, views = _plan(group, names)
+    out = _fresh_folder(Path(out_dir))  # only now: a store we cannot export leaves an earlier export alone
+    for b in set(buildings):
+        for domain in ["rgb", "point_info", *(e.domain for e in encodings.values())]:
+            (out / domain / b).mkdir(parents=True, exist_ok=True)
+
+    clipped = dict.fromkeys(encodings, 0)
+    arrays = {name: group[name] for name in ["images/rgb", *(f"views/{k}" for k in views),
+                                             *(f"labels/{k}" for k in names)]}  # look-ups cost ~1 ms each
+    chunk = max(1, group["images/rgb"].chunks[0])
+    step = chunk * max(1, 64 // chunk)  # whole chunks, and enough images per block to keep the pool busy
+    bar = tqdm(total=n, unit="img", desc="export", disable=not progress)
+    with ThreadPoolExecutor(default_threads()) as pool:
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            jobs = _block_jobs(arrays, out, lo, hi, buildings, point, encodings, views, clipped)
+            list(pool.map(lambda job: job[0](*job[1:]), jobs))  # PNG zlib releases the GIL
+            bar.update(hi - lo)
+    bar.close()
+    _warn_clipped(encodings, clipped)
+    _write_json(out / EXPORT_FILE, {
+        "format": "taskonomy-folder", "version": 1, "image_size": size, "n_images": n,
+        "buildings": sorted(set(buildings)), "splits": _named_splits(group, buildings, point), "views": views,
+        "encodings": {e.domain: {"task": name, **asdict(e)} for name, e in encodings.items()},
+        "attrs": {k: v for k, v in group.attrs.asdict().items() if k not in _STORE_KEYS_DROPPED},
+    })
+    (out / _PARTIAL).unlink()
+    return n
+
+
+def _plan(group: Any, names: list[str]) -> tuple[dict[str, Encoding], dict[str, int]]:
+    """The PNG encoding of each dense label, and the view number of each pair task's second view."""
+    tasks = [registry.get(name) for name in names]
+    encodings = {t.name: encoding_for(t) or _data_encoding(t, group[f"labels/{t.name}"])
+                 for t in tasks if t.head == "dense"}
+    pair = [t.name for t in tasks if t.head == "pair" and f"views/{t.name}" in group]
+    free = iter(range(max(VIEW_SLOTS.values()) + 1, 10**6))  # slots for user-registered pair tasks
+    return encodings, {name: VIEW_SLOTS.get(name) or next(free) for name in sorted(pair)}
+
+
+def _warn_clipped(encodings: dict[str, Encoding], clipped: dict[str, int]) -> None:
+    for name, count in clipped.items():
+        if count:  # the fixed ranges are a guess about the labels: say when one is too narrow
+            e = encodings[name]
+            ranges = ", ".join(f"[{o:g}, {o + e.max_code / s:g}]" for s, o in zip(e.scale, e.offset))
+            warnings.warn(f"task {name}: {count} values outside {ranges} were clipped in the PNG export",
+                          TaskonomyWarning, stacklevel=3)
+
+
+def _fresh_folder(out: Path) -> Path:
+    """`out` emptied of a previous (or killed) export of ours, so no stale domain survives; others' refused."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not ((out / EXPORT_FILE).exists() or (out / _PARTIAL).exists()):
+            raise TaskonomyError(f"{out} is not empty and holds no Taskonomy export; choose an empty or new folder")
+        for child in out.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / _PARTIAL).touch()  # until EXPORT_FILE is written: marks the folder as ours, and unfinished
+    return out
+
+
+def _block_jobs(arrays: dict[str, Any], out: Path, lo: int, hi: int, buildings: list[str], point: np.ndarray,
+                encodings: dict[str, Encoding], views: dict[str, int], clipped: dict[str, int]) -> list[tuple]:
+    """(writer, path, payload) for every file of images lo..hi."""
+    def path(domain: str, i: int, v: int = 0, ext: str = "png") -> Path:
+        return out / domain / buildings[i] / f"point_{int(point[i])}_view_{v}_domain_{domain}.{ext}"
+
+    jobs: list[tuple] = []
+    block = {name: np.asarray(array[lo:hi]) for name, array in arrays.items()}
+    rgb = np.moveaxis(block["images/rgb"], 1, -1)
+    jobs += [(_save_png, path("rgb", lo + j), rgb[j]) for j in range(hi - lo)]
+    for name, v in views.items():
+        second = np.moveaxis(block[f"views/{name}"], 1, -1)
+        jobs += [(_save_png, path("rgb", lo + j, v), second[j]) for j in range(hi - lo)]
+    for name, enc in encodings.items():
+        code, bad = enc.encode(block[f"labels/{name}"])
+        clipped[name] += bad
+        jobs += [(_save_png, path(enc.domain, lo + j), code[j]) for j in range(hi - lo)]
+    values = {k[7:]: v for k, v in block.items() if k.startswith("labels/") and k[7:] not in encodings}
+    for j in range(hi - lo):
+        info: dict[str, Any] = {"building": buildings[lo + j], "point": int(point[lo + j]), "view": 0}
+        info.update({k: v[j].tolist() for k, v in values.items()})  # float32 -> float: exact through JSON
+        if views:
+            info["views"] = views
+        jobs.append((Path.write_text, path("point_info", lo + j, ext="json"), json.dumps(info)))
+    return jobs
+
+
+def _named_splits(group: Any, buildings: list[str], point: np.ndarray) -> dict[str, list[str]]:
+    """Each split as building names; as `building/point_p` keys when a split takes part of a building."""
+    if "splits" not in group:
+        return {}
+    splits = {k: np.asarray(group[f"splits/{k}"][:]).tolist() for k in group["splits"].array_keys()}
+    total = Counter(buildings)
+    if all(c == total[b] for idx in splits.values() for b, c in Counter(buildings[i] for i in idx).items()):
+        return {k: sorted({buildings[i] for i in idx}) for k, idx in splits.items()}
+    return {k: [f"{buildings[i]}/point_{int(point[i])}" for i in idx] for k, idx in splits.items()}
+
+
+def _save_png(path: Path, code: np.ndarray) -> None:
+    Image.fromarray(np.ascontiguousarray(code)).save(path, compress_level=1)  # labels are noisy: speed wins
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    """Written whole or not at all: the export file is the folder's completion marker."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------ read
+
+
+def read_taskonomy(folder: str | Path, out_path: str | Path, size: int | None = None,
+                   tasks: list[str] | None = None, progress: bool = True) -> int:
+    """Read a Taskonomy folder (any of the three orderings) into a complete data.zarr; returns the image count."""
+    from taskonomy.scenes.dataset import write_arrays  # the generator's writer, imported only when needed
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise TaskonomyError(f"{folder} is not a folder")
+    if size is not None and (not isinstance(size, int) or size < 1):
+        raise TaskonomyError(f"size must be a positive number of pixels, got {size!r}")
+    meta = _load_json(folder / EXPORT_FILE) if (folder / EXPORT_FILE).exists() else {}
+    files, domains = _scan(folder, meta)
+    infos = {key: {registry.resolve_alias(k): v for k, v in _load_json(path).items()}
+             for key, path in files.pop("point_info", {}).items()}
+    second: dict[str, dict[Key, Key]] = {}  # pair task -> {image: its second view}
+    for (b, p, v), info in infos.items():
+        views = info.get("views")  # ours: {task: view}; the release's point_info has no such key
+        for name, slot in (views.items() if isinstance(views, dict) else ()):
+            if isinstance(slot, int):
+                second.setdefault(name, {})[(b, p, v)] = (b, p, slot)
+    rgb = files.get("rgb", {})
+    images = sorted(set(rgb) - {k for m in second.values() for k in m.values()})
+    if not images:
+        raise TaskonomyError(f"{folder}: no rgb images (point_<p>_view_<v>_domain_rgb.png) found")
+    chosen = _choose_tasks(folder, files, infos, second, tasks, meta)
+
+    jobs: dict[str, tuple[list[Path], Encoding | None, str]] = {
+        "images/rgb": ([rgb[k] for k in images], None, "uint8")}  # array -> (files, encoding, dtype)
+    for task in chosen:
+        if task.head == "pair":
+            jobs[f"views/{task.name}"] = (_second_paths(task.name, second.get(task.name, {}), rgb, images), None,
+                                          "uint8")
+        elif task.head == "dense":
+            enc = _reading_encoding(task, domains[task.name], meta)
+            jobs[f"labels/{task.name}"] = (_matching(files[task.name], images, domains[task.name]), enc,
+                                           task.store_dtype)
+    s = size or _open_png(rgb[images[0]], "RGB", None, "rgb").size[0]
+    arrays = _load_pngs(jobs, s, size is not None, progress)
+    arrays.update({f"labels/{t.name}": _read_global(t, infos, images) for t in chosen if t.head != "dense"})
+    arrays.update(_meta_arrays(images, meta))
+    attrs = {k: v for k, v in meta.get("attrs", {}).items() if k not in (*_STORE_KEYS_DROPPED, "config_hash")}
+    # config_hash is dropped: the PNG round trip quantises, so these are not the generator's bytes
+    attrs.update(image_size=s, n_images=len(images), tasks=[t.name for t in chosen], imported_from=str(folder))
+    if "buildings" in arrays:
+        attrs["buildings"] = arrays.pop("buildings").tolist()  # meta/scene indexes this list
+    write_arrays(out_path, arrays, attrs)
+    return len(images)
+
+
+def _load_pngs(jobs: dict[str, tuple[list[Path], Encoding | None, str]], size: int, resize: bool,
+               progress: bool) -> dict[str, np.ndarray]:
+    """Array name -> the stacked PNGs (images when no encoding, else decoded labels), read on threads."""
+    bar = tqdm(total=sum(len(paths) for paths, _, _ in jobs.values()), unit="file", desc="read",
+               disable=not progress)
+    out = {}
+    with ThreadPoolExecutor(default_threads()) as pool:
+        for name, (paths, enc, dtype) in jobs.items():
+            def one(path: Path, enc: Encoding | None = enc) -> np.ndarray:
+                x = _read_rgb(path, size, resize) if enc is None else _read_label(path, enc, size, resize)
+                bar.update(1)
+                return x
+            out[name] = np.stack(list(pool.map(one, paths))).astype(dtype, copy=False)
+    bar.close()
+    return out
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise TaskonomyError(f"{path}: not readable JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise TaskonomyError(f"{path}: expected a JSON object")
+    return value
+
+
+def _domain_task(domain: str, meta: dict[str, Any]) -> str | None:
+    """Our task name for a file's domain (rgb and point_info as themselves), None for domains we skip."""
+    if domain in ("rgb", "point_info"):
+        return domain
+    if domain in meta.get("encodings", {}):
+        return meta["encodings"][domain]["task"]
+    name = _DATA_NAMES.get(domain, registry.resolve_alias(domain))
+    return name if name in {t.name for t in registry.all_tasks()} else None
+
+
+def _scan(folder: Path, meta: dict[str, Any]) -> tuple[dict[str, dict[Key, Path]], dict[str, str]]:
+    """task (or rgb / point_info) -> {(building, point, view): file}, and task -> the domain name it came as."""
+    files: dict[str, dict[Key, Path]] = {}
+    domains: dict[str, str] = {}
+    for path in sorted(folder.rglob("point_*_view_*_domain_*")):
+        match = FILE_RE.fullmatch(path.stem)
+        if not match or path.suffix != (".json" if match[3] == "point_info" else ".png"):
+            continue
+        name = _domain_task(match[3], meta)
+        if name is None:
+            continue  # a domain of the release that is not a task here (mask_valid, ...)
+        parts = [p for p in path.relative_to(folder).parts[:-1] if p not in (match[3], "taskonomy")]
+        if not parts:
+            raise TaskonomyError(f"{path}: no building folder in its path")
+        key = (parts[-1], int(match[1]), int(match[2]))
+        if key in files.setdefault(name, {}):
+            raise TaskonomyError(f"{path}: the same image and domain as {files[name][key]}")
+        files[name][key] = path
+        domains.setdefault(name, match[3])
+    if not files:
+        raise TaskonomyError(f"{folder}: no Taskonomy files (point_<p>_view_<v>_domain_<domain>.png) found")
+    return files, domains
+
+
+def _choose_tasks(folder: Path, files: dict, infos: dict, second: dict, wanted: list[str] | None,
+                  meta: dict[str, Any]) -> list[registry.Task]:
+    """The tasks to read: those requested (each must be present), else every task the folder has."""
+    known = {t.name: t.head for t in registry.all_tasks()}
+    found = {name for name in files if known.get(name) == "dense"}
+    found |= {k for info in infos.values() for k in info if known.get(k) == "global"}
+    found |= {k for k in second if known.get(k) == "pair"}
+    wanted = [wanted] if isinstance(wanted, str) else wanted
+    names = [registry.get(n).name for n in wanted] if wanted is not None else sorted(found)
+    for name in names:
+        if name not in found:
+            raise TaskonomyError(f"{folder}: task {name} has no labels (or second views) in this folder")
+    order = [n for n in meta.get("attrs", {}).get("tasks", []) if n in names]
+    return [registry.get(n) for n in order + [n for n in names if n not in order]]
+
+
+def _file_name(key: Key, domain: str) -> str:
+    return f"{key[0]}/point_{key[1]}_view_{key[2]}_domain_{domain}"
+
+
+def _second_paths(name: str, views: dict[Key, Key], rgb: dict[Key, Path], images: list[Key]) -> list[Path]:
+    """The second view of each image, as its view-0 point_info JSON names it."""
+    for k in images:
+        if views.get(k) not in rgb:
+            what = f"{_file_name(views[k], 'rgb')}.png is missing" if k in views else \
+                f"{_file_name(k, 'point_info')}.json names none"
+            raise TaskonomyError(f"task {name}: no second view: {what}")
+    return [rgb[views[k]] for k in images]
+
+
+def _matching(files: dict[Key, Path], images: list[Key], domain: str) -> list[Path]:
+    """The files of one domain in image order; it must have exactly the images that rgb has."""
+    extra = sorted(set(files) - set(images))
+    if extra or len(files) != len(images):
+        example = extra[0] if extra else next(k for k in images if k not in files)
+        raise TaskonomyError(f"domain {domain}: {len(files)} images but rgb has {len(images)} "
+                             f"(e.g. {_file_name(example, domain)})")
+    return [files[k] for k in images]
+
+
+def _reading_encoding(task: registry.Task, domain: str, meta: dict[str, Any]) -> Encoding:
+    """The exporter's recorded encoding when there is one, else the fixed table's."""
+    recorded = meta.get("encodings", {}).get(domain)
+    if recorded:
+        fields = {k: v for k, v in recorded.items() if k != "task"}
+        return Encoding(**{**fields, "scale": tuple(fields["scale"]), "offset": tuple(fields["offset"])})
+    enc = encoding_for(task)
+    if enc is None:
+        raise TaskonomyError(f"domain {domain}: no known PNG encoding for task {task.name} "
+                             f"(and no {EXPORT_FILE} that records one)")
+    return enc
+
+
+def _open_png(path: Path, mode: str, size: int | None, domain: str) -> Image.Image:
+    """The PNG at `path`, checked for its mode (bit depth, channels) and, when `size` is given, its size."""
+    accepted = ("I;16", "I;16B", "I") if mode == "I;16" else (mode,)
+    try:
+        image = Image.open(path)
+        image.load()
+    except OSError as err:
+        raise TaskonomyError(f"{path}: not a readable PNG ({err})") from None
+    if image.mode not in accepted:
+        raise TaskonomyError(f"{path}: expected a {_MODE_WORDS[mode]} PNG for {domain}, got PIL mode {image.mode}")
+    w, h = image.size
+    if w != h or (size is not None and w != size):
+        raise TaskonomyError(f"{path}: {w}x{h} pixels, expected {size or w}x{size or w} (pass size= to resize)")
+    return image
+
+
+def _read_rgb(path: Path, size: int, resize: bool) -> np.ndarray:
+    image = _open_png(path, "RGB", None if resize else size, "rgb")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BILINEAR)
+    return np.asarray(image).transpose(2, 0, 1)
+
+
+def _read_label(path: Path, enc: Encoding, size: int, resize: bool) -> np.ndarray:
+    image = _open_png(path, enc.mode, None if resize else size, enc.domain)
+    x = enc.decode(np.asarray(image))
+    if image.size == (size, size):
+        return x
+    if enc.classes:  # class ids must stay ids: nearest
+        return np.asarray(Image.fromarray(x).resize((size, size), Image.NEAREST))
+    return np.stack([np.asarray(Image.fromarray(c).resize((size, size), Image.BILINEAR)) for c in x])
+
+
+def _read_global(task: registry.Task, infos: dict[Key, dict], images: list[Key]) -> np.ndarray:
+    shape = task.label_shape(0)  # global and pair labels do not depend on the image size
+    out = np.empty((len(images), *shape), task.store_dtype)
+    for i, key in enumerate(images):
+        if task.name not in infos.get(key, {}):
+            raise TaskonomyError(f"task {task.name}: no label in {_file_name(key, 'point_info')}.json")
+        try:
+            out[i] = np.asarray(infos[key][task.name], task.store_dtype).reshape(shape)
+        except (ValueError, TypeError):
+            raise TaskonomyError(f"task {task.name}: the label in {_file_name(key, 'point_info')}.json is not "
+                                 f"{task.store_dtype} of shape {shape}") from None
+    return out
+
+
+def _meta_arrays(images: list[Key], meta: dict[str, Any]) -> dict[str, np.ndarray]:
+    """meta/scene (k of `scene<k>` building names, else the building's index in `buildings`), meta/point, splits."""
+    names = sorted({b for b, _, _ in images})
+    numbered = [re.fullmatch(r"scene(\d+)", b) for b in names]
+    ids = {b: int(m[1]) if all(numbered) else i for i, (b, m) in enumerate(zip(names, numbered))}
+    out = {"meta/scene": np.array([ids[b] for b, _, _ in images], np.int32),
+           "meta/point": np.array([p for _, p, _ in images], np.int32)}
+    if not all(numbered):
+        out["buildings"] = np.array(names)
+    named = meta.get("splits") or {"train": names}  # no recorded splits: everything is train
+    for split, members in named.items():
+        members = set(members)
+        out[f"splits/{split}"] = np.array([i for i, (b, p, _) in enumerate(images)
+                                           if b in members or f"{b}/point_{p}" in members], np.int64)
+    return out
