@@ -158,7 +158,8 @@ def _builtin() -> None:
         T("normal", "3D", "rgb", "dense", 3, "l1", "surface normal in the camera frame (x right, y down, z forward)",
           aliases=("rgb2sfnorm",)),
         T("reshading", "3D", "rgb", "dense", 1, "l1",
-          "Lambertian shading from a point light at the camera, with inverse-square falloff", aliases=("reshade",)),
+          "Lambertian shading from a point light at the camera with inverse-square falloff, min(1, 2 m^2 cos / d^2)",
+          aliases=("reshade",)),
         T("curvature", "3D", "rgb", "dense", 2, "l1", "analytic principal curvatures (k1 >= k2), 1/metres"),
         T("edge_occlusion", "3D", "rgb", "dense", 1, "l1", "occlusion edges: relative depth discontinuities",
           aliases=("edge3d",)),
@@ -168,9 +169,11 @@ def _builtin() -> None:
           "per-pixel mean normal and depth of its geometric segment (k-means on colour, normal, depth)",
           aliases=("segment25d",)),
         T("room_layout", "3D", "rgb", "global", 9, "l2",
-          "room box in the camera frame: rotation (3, axis-angle), centre (3), half-extents (3)"),
+          "room box in the camera frame, its horizontal axes turned so the forward one is nearest the view: "
+          "rotation (3, axis-angle), centre (3), half-extents (3)"),
         T("vanishing_point", "3D", "rgb", "global", 9, "l2",
-          "the three Manhattan vanishing directions in the camera frame, sign-canonical",
+          "the three Manhattan vanishing directions in the camera frame, canonical order and signs "
+          "(right, down, forward)",
           aliases=("vanishing_point_well_defined",)),
         # semantic
         T("segment_semantic", "semantic", "rgb", "dense", N_SEMANTIC, "ce_dense",
