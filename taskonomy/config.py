@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from taskonomy import TaskonomyError
 from taskonomy import tasks as registry
 
-__all__ = ["Config", "DataConfig", "SplitConfig", "load_config", "content_hash"]
+__all__ = ["Config", "DataConfig", "ExtractConfig", "SplitConfig", "TrainConfig", "content_hash", "load_config"]
 
 
 class _Strict(BaseModel):
@@ -92,6 +92,39 @@ class DataConfig(_Strict):
         return list(self.tasks)
 
 
+class TrainConfig(_Strict):
+    """Stage I: one encoder-decoder per source task, the encoder architecture identical for all."""
+
+    width: int = Field(16, ge=4, le=512, description="channels of the encoder's first stage (doubling per stage)")
+    blocks: int = Field(1, ge=1, le=8, description="residual blocks per encoder stage")
+    feature_channels: int = Field(16, ge=1, le=512, description="channels of the representation")
+    epochs: int = Field(6, ge=1, le=1000)
+    batch: int = Field(64, ge=1, le=4096)
+    lr: float = Field(2e-3, gt=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0, lt=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    tasks: list[str] | Literal["all"] = Field("all", description="source tasks to train; 'all' = every data task")
+
+
+class ExtractConfig(_Strict):
+    """The feature cache: every frozen encoder run once over every split."""
+
+    batch: int = Field(256, ge=1, le=65536)
+    chunk_images: int | Literal["auto"] = "auto"
+    taskonomy_encoders: dict[str, str] = Field(
+        default_factory=dict, description="extra sources: name -> local path of a visualpriors encoder checkpoint")
+
+    @field_validator("taskonomy_encoders")
+    @classmethod
+    def _names_are_store_paths(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            try:
+                registry.validate_name(name)
+            except registry.TaskonomyError as err:
+                raise ValueError(str(err)) from None
+        return value
+
+
 class Config(_Strict):
     """A whole run's configuration. Later stages add their sections here."""
 
@@ -99,6 +132,8 @@ class Config(_Strict):
     seed: int = Field(0, ge=0, lt=2**63)
     threads: int | None = Field(None, ge=1, description="threads for torch, Numba and Dask; default all cores")
     data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    extract: ExtractConfig = ExtractConfig()
 
     @field_validator("name")
     @classmethod

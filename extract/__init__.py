@@ -1,0 +1,1 @@
+"""Stage I and the feature cache: task-specific networks, then frozen encoders dumped once into features.zarr."""
