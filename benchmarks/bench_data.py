@@ -32,7 +32,7 @@ def _best(fn, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--images", type=int, default=1024, help="images for the end-to-end run")
+    parser.add_argument("--images", type=int, default=2048, help="images for the end-to-end run")
     parser.add_argument("--reference-views", type=int, default=16, help="views for the slow NumPy baseline")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

@@ -24,7 +24,7 @@ from taskonomy import tasks as registry
 from taskonomy.config import Config, DataConfig, content_hash
 from taskonomy.scenes.labels import make_inputs, make_labels
 from taskonomy.scenes.render import render
-from taskonomy.scenes.scene import Scene, pair_cameras, sample_camera, sample_scene
+from taskonomy.scenes.scene import Buffers, Scene, pair_cameras, sample_camera, sample_scene
 from taskonomy.store import (bytes_per_image, chunk_length, create_image_array, mark_complete, open_complete,
                              open_for_writing)
 
@@ -66,7 +66,9 @@ def generate_images(data: DataConfig, seed: int, indices: np.ndarray) -> dict[st
     cache: dict[int, Scene] = {}
     scenes, cameras, rngs = [], [], []
     for index in indices.tolist():
-        scene = cache.setdefault(index // views_per_scene, _scene(data, seed, index // views_per_scene))
+        if index // views_per_scene not in cache:  # one room per scene, shared by its views
+            cache[index // views_per_scene] = _scene(data, seed, index // views_per_scene)
+        scene = cache[index // views_per_scene]
         rng = np.random.default_rng([seed, index, 1])
         scenes.append(scene)
         cameras.append(sample_camera(scene, rng, fov))
@@ -78,9 +80,12 @@ def generate_images(data: DataConfig, seed: int, indices: np.ndarray) -> dict[st
     if pair_names:
         second = [pair_cameras(sc, cam, buffers.position[b], rngs[b]) for b, (sc, cam) in
                   enumerate(zip(scenes, cameras))]
-        for name in pair_names:
-            cams = [pair[name] for pair in second]
-            views[name] = (cams, render(scenes, cams, size, full=False))
+        # every second view in one call of the ray caster: one parallel region instead of four
+        cams = [pair[name] for name in pair_names for pair in second]
+        rendered = render(scenes * len(pair_names), cams, size, full=False)
+        n = len(scenes)
+        for k, name in enumerate(pair_names):
+            views[name] = (cams[k * n:(k + 1) * n], Buffers(*(a[k * n:(k + 1) * n] for a in rendered)))
     inputs, jigsaw = make_inputs(buffers.rgb, indices, seed)
     labels = make_labels(names, scenes, cameras, buffers, views, jigsaw)
 

@@ -9,6 +9,7 @@ A pixel (u, v) of an S x S image looks along ((u + 0.5 - S/2) / f, (v + 0.5 - S/
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
@@ -70,6 +71,11 @@ class Scene:
     def n_objects(self) -> int:
         return int(self.obj_shape.shape[0])
 
+    @cached_property
+    def footprint(self) -> np.ndarray:
+        """(K,) radius of each object's bounding circle on the floor."""
+        return np.where(self.obj_shape == BOX, np.hypot(self.obj_size[:, 0], self.obj_size[:, 1]), self.obj_size[:, 0])
+
 
 @dataclass(frozen=True)
 class Camera:
@@ -93,12 +99,16 @@ def look_at(position: np.ndarray, target: np.ndarray, roll: float = 0.0) -> np.n
     return _rotation(forward, roll)
 
 
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    # np.cross is general (broadcasting, axes) and ~20x slower on two 3-vectors, called per camera
+    return np.array([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]])
+
+
 def _rotation(forward: np.ndarray, roll: float) -> np.ndarray:
-    up = np.array([0.0, 0.0, 1.0])
-    right = np.cross(forward, up)
-    norm = np.linalg.norm(right)
+    right = np.array([forward[1], -forward[0], 0.0])  # forward x up, with up = +z
+    norm = np.hypot(right[0], right[1])
     right = right / norm if norm > 1e-6 else np.array([1.0, 0.0, 0.0])
-    down = np.cross(forward, right)
+    down = _cross(forward, right)
     c, s = np.cos(roll), np.sin(roll)
     right, down = c * right + s * down, -s * right + c * down
     return np.stack([right, down, forward], axis=1)
@@ -181,9 +191,8 @@ def _free_position(scene: Scene, rng: np.random.Generator, near: np.ndarray | No
             step = rng.normal(size=3)
             step *= rng.uniform(*radius) / np.linalg.norm(step)
             p = np.clip(near + step, lo, hi)
-        clear = [np.hypot(*(p[:2] - c[:2])) - (np.hypot(s[0], s[1]) if k == BOX else s[0])
-                 for c, s, k in zip(scene.obj_center, scene.obj_size, scene.obj_shape)]
-        if not clear or min(clear) > 0.25:
+        clear = np.hypot(p[0] - scene.obj_center[:, 0], p[1] - scene.obj_center[:, 1]) - scene.footprint
+        if clear.size == 0 or clear.min() > 0.25:
             return p
     return p
 
