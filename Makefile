@@ -22,13 +22,16 @@ test: setup
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
-demo: data preview
+RUN     ?= runs/$(basename $(notdir $(CONFIG)))
+
+# The main job: every stage that exists so far, on the embedded default data set.
+demo: preview
 
 data: setup
 	$(BIN)/taskonomy --config $(CONFIG) data
 
 preview: setup
-	$(BIN)/taskonomy --config $(CONFIG) data --preview docs/contact_sheet.png
+	$(BIN)/taskonomy --config $(CONFIG) data --preview $(RUN)/contact_sheet.png
 
 bench: setup
 	$(BIN)/python benchmarks/bench_data.py
