@@ -37,7 +37,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise TaskonomyError(f"checkpoint {path} is missing; run `taskonomy train` to make it")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as err:
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TaskonomyError(f"checkpoint {path} is unreadable or unsafe ({first[:120]}); "
                              f"rerun `taskonomy train --force`") from None

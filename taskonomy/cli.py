@@ -105,6 +105,39 @@ def data(ctx: Context, force: bool, preview: str | None, rows: int, export_dir: 
         _say(ctx, f"data: exported {count} images to {export_dir}")
 
 
+@cli.command()
+@click.option("--force", is_flag=True, help="Retrain every network even if its checkpoint is up to date.")
+@click.pass_obj
+def train(ctx: Context, force: bool) -> None:
+    """Stage I: train one network per source task; writes models/ and stage1_quality.csv."""
+    from taskonomy.extract.pipeline import train_all
+
+    run_dir = ctx.prepare_run_dir()
+    start = time.perf_counter()
+    rows = train_all(ctx.config, run_dir, force=force, progress=ctx.progress)
+    _say(ctx, f"{'task':<18} {'test loss':>10} {'baseline':>10} {'ratio':>7} {'win rate':>9}  status")
+    for row in rows:
+        verdict = "" if row["beats_baseline"] else "  DOES NOT BEAT ITS BASELINE"
+        _say(ctx, f"{row['task']:<18} {row['test_loss']:>10.4f} {row['baseline_loss']:>10.4f} "
+                  f"{row['ratio']:>7.3f} {row['win_rate']:>9.3f}  {row['status']}{verdict}")
+    _say(ctx, f"train: {len(rows)} networks in {run_dir / 'models'} ({time.perf_counter() - start:.1f} s)")
+
+
+@cli.command()
+@click.option("--force", is_flag=True, help="Recompute every source's features even if they are up to date.")
+@click.pass_obj
+def extract(ctx: Context, force: bool) -> None:
+    """Run every frozen encoder once over every split into features.zarr."""
+    from taskonomy.extract.pipeline import extract_all
+
+    run_dir = ctx.prepare_run_dir()
+    start = time.perf_counter()
+    outcome = extract_all(ctx.config, run_dir, force=force, progress=ctx.progress)
+    for name, state in outcome.items():
+        _say(ctx, f"extract: {name:<18} {state}")
+    _say(ctx, f"extract: {run_dir / 'features.zarr'} ({time.perf_counter() - start:.1f} s)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: exit 0 on success, 2 with one line on stderr for any input problem."""
     try:

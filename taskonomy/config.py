@@ -113,6 +113,14 @@ class ExtractConfig(_Strict):
     chunk_images: int | Literal["auto"] = "auto"
     taskonomy_encoders: dict[str, str] = Field(
         default_factory=dict, description="extra sources: name -> local path of a visualpriors encoder checkpoint")
+    taskonomy_size: int = Field(256, ge=16, le=1024, description="input size of those encoders (they expect 256)")
+
+    @field_validator("taskonomy_size")
+    @classmethod
+    def _multiple_of_16(cls, value: int) -> int:
+        if value % 16:
+            raise ValueError(f"expected a multiple of 16 (the ResNet-50 trunk downsamples by 16), got {value}")
+        return value
 
     @field_validator("taskonomy_encoders")
     @classmethod

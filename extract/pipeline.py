@@ -1,0 +1,150 @@
+"""Stage I and the feature cache, as the CLI runs them.
+
+    taskonomy --config configs/tiny.yaml train      # one network per source task -> models/, stage1_quality.csv
+    taskonomy --config configs/tiny.yaml extract    # every frozen encoder over every split -> features.zarr
+
+A checkpoint is skipped when its stamp (config, data and code version) matches; features of a source
+are kept while its encoder's bytes and the data are unchanged.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from taskonomy import TaskonomyError
+from taskonomy import tasks as registry
+from taskonomy.config import Config, content_hash
+from taskonomy.extract.checkpoints import checkpoint_path, load_checkpoint, save_checkpoint, stored_hash
+from taskonomy.extract.features import Source, extract_features
+from taskonomy.extract.networks import build_network, prepare_images
+from taskonomy.extract.stage1 import (baseline_losses, quality_row, resolve_device, restore_network, test_losses,
+                                      train_task)
+from taskonomy.scenes.dataset import open_data
+
+__all__ = ["STAGE1_VERSION", "build_sources", "extract_all", "source_names", "train_all"]
+
+STAGE1_VERSION = "1"
+QUALITY_FILE = "stage1_quality.csv"
+CONTROLS = ("random", "pixels")
+
+
+def trained_tasks(config: Config, data_tasks: list[str]) -> list[str]:
+    """The source tasks stage I trains: config train.tasks, or every data task that can be a source."""
+    wanted = data_tasks if config.train.tasks == "all" else [registry.get(t).name for t in config.train.tasks]
+    missing = [t for t in wanted if t not in data_tasks]
+    if missing:
+        raise TaskonomyError(f"train.tasks: {', '.join(missing)} not in data.zarr; add them to data.tasks")
+    return [t for t in wanted if registry.get(t).is_source]
+
+
+def source_names(config: Config, data_tasks: list[str]) -> list[str]:
+    """Every source of the feature cache: trained tasks, the controls, then loaded Taskonomy encoders."""
+    return [*trained_tasks(config, data_tasks), *CONTROLS, *config.extract.taskonomy_encoders]
+
+
+def _model_hash(config: Config, data_hash: str, task: str) -> str:
+    train = config.train.model_dump(mode="json", exclude={"tasks", "device"})
+    return content_hash(STAGE1_VERSION, data_hash, train, config.seed, task)
+
+
+def _task_seed(seed: int, task: str) -> int:
+    return (seed * 1_000_003 + zlib.crc32(task.encode())) % 2**31
+
+
+def train_all(config: Config, run_dir: Path, force: bool = False, progress: bool = True) -> list[dict]:
+    """Train (or keep) one network per source task; writes the quality table; returns its rows."""
+    data = open_data(run_dir / "data.zarr")
+    device = resolve_device(config.train.device)
+    rows = []
+    for task in trained_tasks(config, list(data.attrs["tasks"])):
+        path, stamp = checkpoint_path(run_dir, task), _model_hash(config, data.attrs["config_hash"], task)
+        if not force and stored_hash(path) == stamp:
+            rows.append({**load_checkpoint(path)["quality"], "status": "up to date"})
+            continue
+        result = train_task(task, data, config.train, _task_seed(config.seed, task), device, progress=progress)
+        network = restore_network(task, config.train, data.attrs["image_size"], result.state_dict)
+        test = test_losses(task, network, result.scaler, data, "test", device)
+        row = {**quality_row(task, test, baseline_losses(task, data, "test", result.scaler)),
+               "seconds": round(result.seconds, 2), "images_per_s": round(result.images_per_second, 1)}
+        save_checkpoint(path, {"hash": stamp, "task": task, "state_dict": result.state_dict,
+                               "scaler": result.scaler, "quality": row, "epoch_losses": result.epoch_losses})
+        rows.append({**row, "status": "trained"})
+    _write_quality(run_dir / QUALITY_FILE, rows)
+    return rows
+
+
+def _write_quality(path: Path, rows: list[dict]) -> None:
+    fields = list(dict.fromkeys(k for row in rows for k in row if k != "status"))
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def _torch_source(name: str, stamp: str, encoder: torch.nn.Module, device: torch.device,
+                  size: int, prepare=prepare_images) -> Source:
+    encoder = encoder.eval().to(device)
+
+    def encode(pixels: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return encoder(prepare(torch.from_numpy(pixels)).to(device)).float().cpu().numpy()
+
+    with torch.inference_mode():
+        probe = encoder(prepare(torch.zeros(1, 3, size, size, dtype=torch.uint8)).to(device))
+    return Source(name, stamp, encode, tuple(probe.shape[1:]))
+
+
+def _pixels_source(size: int, feature_hw: tuple[int, int]) -> Source:
+    def encode(pixels: np.ndarray) -> np.ndarray:
+        images = prepare_images(torch.from_numpy(pixels))
+        return torch.nn.functional.adaptive_avg_pool2d(images, feature_hw).numpy()
+
+    return Source("pixels", content_hash("pixels", STAGE1_VERSION, size, feature_hw), encode, (3, *feature_hw))
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def build_sources(config: Config, run_dir: Path, names: list[str], size: int, device: torch.device) -> list[Source]:
+    """The frozen encoders named `names`, each with the hash of what defines it."""
+    from taskonomy.extract.visualpriors import load_taskonomy_encoder, preprocess
+
+    sources, any_rgb_task = [], registry.get("autoencoding")
+    for name in names:
+        if name == "random":  # the same architecture, untrained, from a fixed seed
+            torch.manual_seed(_task_seed(config.seed, "random"))
+            encoder = build_network(any_rgb_task, config.train, size).encoder
+            stamp = content_hash("random", STAGE1_VERSION, config.train.model_dump(mode="json"), config.seed)
+            sources.append(_torch_source(name, stamp, encoder, device, size))
+        elif name == "pixels":
+            hw = sources[0].shape[1:] if sources else (size // 8, size // 8)
+            sources.append(_pixels_source(size, hw))
+        elif name in config.extract.taskonomy_encoders:
+            path = Path(config.extract.taskonomy_encoders[name])
+            resize = config.extract.taskonomy_size
+            sources.append(_torch_source(name, content_hash(_file_hash(path), resize), load_taskonomy_encoder(path),
+                                         device, size, prepare=lambda x, resize=resize: preprocess(x, resize)))
+        else:
+            path = checkpoint_path(run_dir, name)
+            network = restore_network(name, config.train, size, load_checkpoint(path)["state_dict"])
+            sources.append(_torch_source(name, _file_hash(path), network.encoder, device, size))
+    return sources
+
+
+def extract_all(config: Config, run_dir: Path, force: bool = False, progress: bool = True) -> dict[str, str]:
+    """Fill features.zarr with every source; returns {source: outcome}."""
+    data = open_data(run_dir / "data.zarr")
+    device = resolve_device(config.train.device)
+    names = source_names(config, list(data.attrs["tasks"]))
+    sources = build_sources(config, run_dir, names, int(data.attrs["image_size"]), device)
+    return extract_features(run_dir / "features.zarr", data, sources, batch=config.extract.batch,
+                            chunk_images=config.extract.chunk_images, force=force, progress=progress)

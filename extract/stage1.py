@@ -1,0 +1,321 @@
+"""Stage I: train one task-specific network on the train split and measure it on the test split.
+
+    taskonomy --config configs/tiny.yaml train
+
+Regression labels are standardised per channel with the train split's mean and std, so every task's
+loss is O(1) and one learning rate suits all; class labels are left as they are. Every loss here
+(training, test, baseline) is the task's registered per-image loss in that scaled space, so a test
+loss and its baseline are directly comparable.
+
+The trivial baseline predicts the same thing for every image, the constant that is best for the task's
+loss on the train split: the per-channel median over train images and pixels for L1, the mean for L2
+(zero in scaled space), the smoothed class prior as logits for cross-entropy (per pixel: the prior
+over all train pixels), the mean train distribution for soft cross-entropy, the positive rate for BCE.
+Using the loss-optimal constant (median, not mean, under L1) keeps "beats the baseline" honest for
+skewed labels such as curvature, where most pixels are exactly 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from tqdm import tqdm
+
+from taskonomy import TaskonomyError
+from taskonomy import tasks as registry
+from taskonomy.config import TrainConfig
+from taskonomy.extract.networks import TaskNetwork, build_network, prepare_images
+from taskonomy.losses import get_loss
+from taskonomy.tasks import Task
+
+__all__ = ["CLASS_LOSSES", "LabelScaler", "TrainResult", "baseline_losses", "fit_scaler", "input_arrays",
+           "load_split", "quality_row", "resolve_device", "restore_network", "test_losses", "train_task"]
+
+CLASS_LOSSES = ("ce", "ce_dense", "soft_ce", "bce")
+EVAL_BATCH = 256
+WARMUP_FRACTION = 0.05  # of all steps: a short linear warm-up keeps AdamW's first steps from overshooting
+
+
+@dataclass
+class LabelScaler:
+    """Per-channel standardisation of regression labels: (y - mean) / std. Empty lists = identity."""
+
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+
+    def apply(self, labels: torch.Tensor) -> torch.Tensor:
+        """Scale a batch of labels (B, C, ...) to float32; class labels pass through unchanged."""
+        if not self.mean:
+            return labels
+        shape = (1, len(self.mean)) + (1,) * (labels.ndim - 2)
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=labels.device).view(shape)
+        std = torch.tensor(self.std, dtype=torch.float32, device=labels.device).view(shape)
+        return (labels.float() - mean) / std
+
+    def as_dict(self) -> dict[str, list[float]]:
+        return asdict(self)
+
+    @classmethod
+    def from_any(cls, value: LabelScaler | dict[str, Any] | None) -> LabelScaler:
+        if value is None or isinstance(value, LabelScaler):
+            return value or cls()
+        return cls(list(value.get("mean", [])), list(value.get("std", [])))
+
+
+def _channel_axes(labels: np.ndarray) -> tuple[int, ...]:
+    """Every axis except the channel axis 1: images (and pixels for dense labels)."""
+    return (0, *range(2, labels.ndim))
+
+
+def fit_scaler(task: Task, labels: np.ndarray) -> LabelScaler:
+    """The standardisation of `task`'s regression labels (N, C, ...) fitted on them; identity for classes."""
+    if task.loss in CLASS_LOSSES:
+        return LabelScaler()
+    axes = _channel_axes(labels)
+    mean = labels.mean(axis=axes, dtype=np.float64)
+    std = labels.std(axis=axes, dtype=np.float64)
+    # a constant channel carries nothing to learn; std 1 keeps it finite instead of dividing by zero
+    std = np.where(std > 1e-8, std, 1.0)
+    return LabelScaler(mean.tolist(), std.tolist())
+
+
+@dataclass
+class TrainResult:
+    """A trained network (CPU tensors), its label scaler, and how training went."""
+
+    task: str
+    state_dict: dict[str, torch.Tensor]
+    scaler: dict[str, list[float]]
+    epoch_losses: list[float]
+    seconds: float
+    images_per_second: float  # training samples (a pair counts once) per second, all epochs
+    n_train: int
+    seed: int
+    network: TaskNetwork | None = field(default=None, repr=False)  # the same weights, ready for test_losses
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """'auto' (or None) is CUDA when present, else CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TaskonomyError("train.device is 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'")
+    return device
+
+
+def input_arrays(task: Task) -> tuple[str, str | None]:
+    """data.zarr arrays the network reads: (first input, second view or None)."""
+    if task.head == "pair":
+        return "images/rgb", f"views/{task.name}"
+    return ("images/rgb" if task.modality == "rgb" else f"inputs/{task.modality}"), None
+
+
+def load_split(task: Task, data: zarr.Group, split: str) -> tuple[torch.Tensor, torch.Tensor | None, np.ndarray]:
+    """(inputs uint8 (N, C, S, S), second views or None, labels in their stored dtype) of one split."""
+    for needed in (f"splits/{split}", f"labels/{task.name}", *filter(None, input_arrays(task))):
+        if needed not in data:
+            raise TaskonomyError(f"data.zarr has no {needed!r} (task {task.name}); regenerate it with "
+                                 f"`taskonomy data` for a config that lists {task.name}")
+    index = data[f"splits/{split}"][:]
+    if len(index) == 0:
+        raise TaskonomyError(f"data.zarr split {split!r} is empty: no images to train or test {task.name} on")
+
+    def read(path: str) -> np.ndarray:
+        return np.asarray(data[path].get_orthogonal_selection((index,)))
+
+    first, second = input_arrays(task)
+    x_b = torch.from_numpy(read(second)) if second else None
+    return torch.from_numpy(read(first)), x_b, read(f"labels/{task.name}")
+
+
+def _labels_tensor(task: Task, labels: np.ndarray) -> torch.Tensor:
+    # class indices as int64 (what cross-entropy expects); regression stays float16 until it is scaled
+    return torch.from_numpy(labels.astype(np.int64) if task.label_dtype == "uint8" else labels)
+
+
+@contextlib.contextmanager
+def _deterministic(device: torch.device) -> Iterator[None]:
+    """Deterministic kernels around training on CPU (every op used has one there).
+
+    On CUDA this is not switched on: it needs CUBLAS_WORKSPACE_CONFIG set before CUDA starts and
+    refuses some losses' kernels, so CUDA runs are seeded but not bitwise reproducible.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=False)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def _forward(network: TaskNetwork, x: torch.Tensor, x_b: torch.Tensor | None) -> torch.Tensor:
+    return network(prepare_images(x), prepare_images(x_b)) if x_b is not None else network(prepare_images(x))
+
+
+def _cosine_with_warmup(total_steps: int):
+    warmup = max(1, round(WARMUP_FRACTION * total_steps))
+
+    def factor(step: int) -> float:
+        return min(1.0, (step + 1) / warmup) * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+
+    return factor
+
+
+def train_task(task_name: str, data_group: zarr.Group, train_cfg: TrainConfig, seed: int,
+               device: str | torch.device | None = "auto", progress: bool = True) -> TrainResult:
+    """Train `task_name`'s network on the train split: AdamW, cosine decay, no augmentation.
+
+    Same seed, same data, CPU: the same weights bit for bit.
+    """
+    task = registry.get(task_name)
+    device = resolve_device(device)
+    x, x_b, raw = load_split(task, data_group, "train")
+    scaler = fit_scaler(task, raw)
+    y = _labels_tensor(task, raw)
+    n, batch = len(x), min(train_cfg.batch, len(x))
+    steps = math.ceil(n / batch)
+    x, y = x.to(device), y.to(device)
+    x_b = x_b.to(device) if x_b is not None else None
+    loss_fn = get_loss(task.loss)
+    start = time.perf_counter()
+    with _deterministic(device):
+        torch.manual_seed(seed)
+        network = build_network(task, train_cfg, x.shape[-1]).to(device).train()
+        optimizer = torch.optim.AdamW(network.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay,
+                                      fused=True)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine_with_warmup(train_cfg.epochs * steps))
+        order = torch.Generator().manual_seed(seed)  # CPU generator: the same shuffles on any device
+        epoch_losses = []
+        bar = tqdm(total=train_cfg.epochs * n, desc=f"train {task.name}", unit="img", disable=not progress)
+        for _ in range(train_cfg.epochs):
+            total = 0.0
+            for idx in torch.randperm(n, generator=order).split(batch):
+                idx = idx.to(device)
+                pred = _forward(network, x[idx], x_b[idx] if x_b is not None else None)
+                loss = loss_fn(pred, scaler.apply(y[idx])).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                total += loss.item() * len(idx)
+                bar.update(len(idx))
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            epoch_losses.append(total / n)
+        bar.close()
+    seconds = time.perf_counter() - start
+    network = network.cpu().eval()
+    state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+    return TrainResult(task.name, state, scaler.as_dict(), epoch_losses, seconds,
+                       train_cfg.epochs * n / max(seconds, 1e-9), n, seed, network)
+
+
+def restore_network(task_name: str, train_cfg: TrainConfig, image_size: int,
+                    state_dict: dict[str, torch.Tensor]) -> TaskNetwork:
+    """A trained network from its state dict (e.g. a checkpoint's), in eval mode on the CPU."""
+    network = build_network(registry.get(task_name), train_cfg, image_size)
+    network.load_state_dict(state_dict)
+    return network.eval()
+
+
+@torch.no_grad()
+def test_losses(task_name: str, network: TaskNetwork, scaler: LabelScaler | dict[str, Any] | None,
+                data_group: zarr.Group, split: str = "test", device: str | torch.device | None = "auto",
+                batch: int = EVAL_BATCH) -> np.ndarray:
+    """Per-image losses (N_split,) float64 of `network` on `split`, in the scaled label space."""
+    task = registry.get(task_name)
+    device = resolve_device(device)
+    scaler = LabelScaler.from_any(scaler)
+    x, x_b, raw = load_split(task, data_group, split)
+    y = _labels_tensor(task, raw)
+    loss_fn = get_loss(task.loss)
+    network = network.to(device).eval()
+    out = []
+    for lo in range(0, len(x), batch):
+        hi = min(len(x), lo + batch)
+        second = x_b[lo:hi].to(device) if x_b is not None else None
+        pred = _forward(network, x[lo:hi].to(device), second)
+        out.append(loss_fn(pred, scaler.apply(y[lo:hi].to(device))).double().cpu())
+    return torch.cat(out).numpy()
+
+
+def _baseline_prediction(task: Task, train: np.ndarray, scaler: LabelScaler) -> torch.Tensor:
+    """The constant prediction of one image (no batch axis), in the scaled space / as logits."""
+    k = task.num_classes
+    if task.loss in ("ce", "ce_dense"):
+        # Laplace-smoothed prior: a class never seen in training must not cost an infinite loss
+        counts = np.bincount(train.astype(np.int64).ravel(), minlength=k)[:k] + 1.0
+        logits = torch.from_numpy(np.log(counts / counts.sum())).float()
+        return logits if task.loss == "ce" else logits.view(k, 1, 1)
+    if task.loss == "soft_ce":
+        prior = train.astype(np.float64).mean(axis=0) + 1e-6
+        return torch.from_numpy(np.log(prior / prior.sum())).float()
+    if task.loss == "bce":
+        rate = np.clip(train.astype(np.float64).mean(axis=_channel_axes(train)), 1e-4, 1 - 1e-4)
+        return torch.from_numpy(np.log(rate / (1 - rate))).float().view(-1, *(1,) * (train.ndim - 2))
+    if task.loss == "l1":
+        flat = np.moveaxis(train, 1, 0).reshape(train.shape[1], -1).astype(np.float32)
+        best = np.median(flat, axis=1)  # the constant minimising an absolute error
+    elif task.loss == "l2":
+        best = train.mean(axis=_channel_axes(train), dtype=np.float64)  # ... a squared error
+    else:
+        raise TaskonomyError(f"task {task.name}: no trivial baseline for loss {task.loss!r}")
+    scaled = scaler.apply(torch.from_numpy(np.asarray(best, np.float32)).view(1, -1, *(1,) * (train.ndim - 2)))
+    return scaled[0]
+
+
+def baseline_losses(task_name: str, data_group: zarr.Group, split: str = "test",
+                    scaler: LabelScaler | dict[str, Any] | None = None) -> np.ndarray:
+    """Per-image losses (N_split,) float64 of the trivial baseline fitted on the train split.
+
+    `scaler` is the trained network's (default: fitted on the train split, which gives the same).
+    """
+    task = registry.get(task_name)
+    train = np.asarray(data_group[f"labels/{task.name}"].get_orthogonal_selection((data_group["splits/train"][:],)))
+    scaler = LabelScaler.from_any(scaler) if scaler is not None else fit_scaler(task, train)
+    constant = _baseline_prediction(task, train, scaler)
+    index = data_group[f"splits/{split}"][:]
+    target = _labels_tensor(task, np.asarray(data_group[f"labels/{task.name}"].get_orthogonal_selection((index,))))
+    loss_fn = get_loss(task.loss)
+    out = []
+    for lo in range(0, len(target), EVAL_BATCH):
+        y = target[lo:lo + EVAL_BATCH]
+        pred = constant.expand(len(y), *_output_shape(task, y))
+        out.append(loss_fn(pred, scaler.apply(y)).double())
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def _output_shape(task: Task, labels: torch.Tensor) -> tuple[int, ...]:
+    """Shape of one image's network output (no batch axis), given a batch of its labels."""
+    k = task.num_classes if task.num_classes > 0 else task.channels
+    if task.head == "dense":
+        return (k, *labels.shape[-2:])
+    return (k,)
+
+
+def quality_row(task_name: str, test: np.ndarray, baseline: np.ndarray) -> dict[str, Any]:
+    """How the network compares with the trivial baseline on the same images.
+
+    `beats_baseline`: mean loss below 0.9 x the baseline's AND lower loss on most images, so neither a
+    few outliers nor a hair's-breadth mean difference can pass it alone.
+    """
+    test, baseline = np.asarray(test, np.float64), np.asarray(baseline, np.float64)
+    if test.shape != baseline.shape or test.ndim != 1 or len(test) == 0:
+        raise TaskonomyError(f"{task_name}: expected two equal, non-empty per-image loss vectors, "
+                             f"got shapes {test.shape} and {baseline.shape}")
+    mean_test, mean_base = float(test.mean()), float(baseline.mean())
+    ratio = mean_test / mean_base if mean_base > 0 else math.inf
+    win = float((test < baseline).mean())
+    return {"task": task_name, "n_test": len(test), "test_loss": mean_test, "baseline_loss": mean_base,
+            "ratio": ratio, "win_rate": win, "beats_baseline": bool(ratio < 0.9 and win > 0.5)}
