@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 CONFIG  ?= configs/default.yaml
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup test test-slow demo data preview bench clean
+.PHONY: setup test test-slow demo data preview train extract bench clean
 
 setup: $(STAMP)
 
@@ -33,8 +33,15 @@ data: setup
 preview: setup
 	$(BIN)/taskonomy --config $(CONFIG) data --preview $(RUN)/contact_sheet.png
 
+train: data
+	$(BIN)/taskonomy --config $(CONFIG) train
+
+extract: train
+	$(BIN)/taskonomy --config $(CONFIG) extract
+
 bench: setup
 	$(BIN)/python benchmarks/bench_data.py
+	$(BIN)/python benchmarks/bench_extract.py
 
 clean:
 	rm -rf runs/
