@@ -71,9 +71,11 @@ def train_all(config: Config, run_dir: Path, force: bool = False, progress: bool
         network = restore_network(task, config.train, data.attrs["image_size"], result.state_dict)
         test = test_losses(task, network, result.scaler, data, "test", device)
         row = {**quality_row(task, test, baseline_losses(task, data, "test", result.scaler)),
-               "seconds": round(result.seconds, 2), "images_per_s": round(result.images_per_second, 1)}
+               "best_epoch": result.best_epoch, "seconds": round(result.seconds, 2),
+               "images_per_s": round(result.images_per_second, 1)}
         save_checkpoint(path, {"hash": stamp, "task": task, "state_dict": result.state_dict,
-                               "scaler": result.scaler, "quality": row, "epoch_losses": result.epoch_losses})
+                               "scaler": result.scaler, "quality": row, "epoch_losses": result.epoch_losses,
+                               "validation_losses": result.validation_losses})
         rows.append({**row, "status": "trained"})
     _write_quality(run_dir / QUALITY_FILE, rows)
     return rows

@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from taskonomy import TaskonomyError
 from taskonomy import tasks as registry
 
-__all__ = ["Config", "DataConfig", "ExtractConfig", "SplitConfig", "TrainConfig", "content_hash", "load_config"]
+__all__ = ["AhpConfig", "Config", "DataConfig", "ExtractConfig", "SplitConfig", "TaxonomyConfig", "TrainConfig",
+           "content_hash", "load_config"]
 
 
 class _Strict(BaseModel):
@@ -102,6 +103,7 @@ class TrainConfig(_Strict):
     batch: int = Field(64, ge=1, le=4096)
     lr: float = Field(2e-3, gt=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0, lt=1)
+    validation: float = Field(0.1, ge=0, lt=1, description="fraction of train scenes held out for early stopping")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tasks: list[str] | Literal["all"] = Field("all", description="source tasks to train; 'all' = every data task")
 
@@ -133,6 +135,59 @@ class ExtractConfig(_Strict):
         return value
 
 
+class AhpConfig(_Strict):
+    """Stage III: the tournament per target, its power iteration and the bootstrap over test images."""
+
+    resamples: int = Field(200, ge=0, le=100_000, description="bootstrap resamples of the test images; 0 disables")
+    confidence: float = Field(0.95, gt=0, lt=1, description="level of the bootstrap percentile intervals")
+    tolerance: float = Field(1e-12, gt=0, lt=1, description="power iteration stops when the L1 change is below")
+    max_iter: int = Field(10_000, ge=1, le=10_000_000, description="power iteration cap; reaching it is reported")
+
+
+def _task_names(value: list[str], what: str) -> list[str]:
+    """Valid, distinct task names with the original release's aliases resolved (targets may be user tasks)."""
+    names = []
+    for name in value:
+        try:
+            name = registry.resolve_alias(registry.validate_name(name))
+        except registry.TaskonomyError as err:
+            raise ValueError(str(err)) from None
+        if name in names:
+            raise ValueError(f"{what} {name!r} is listed twice")
+        names.append(name)
+    return names
+
+
+class TaxonomyConfig(_Strict):
+    """Stage IV: the BIP over the affinities. Controls (random, pixels) are sources only when listed in `sources`."""
+
+    budget: float = Field(3.0, ge=0, allow_inf_nan=False, description="total label cost of the supervised sources")
+    max_order: int = Field(3, ge=1, le=8, description="most sources one transfer may read")
+    solver: Literal["cbc", "highs"] = "cbc"
+    time_limit: float = Field(60.0, gt=0, le=86400, description="seconds per BIP solve")
+    importance: dict[str, float] = Field(default_factory=dict, description="target -> weight (default 1)")
+    cost: dict[str, float] = Field(default_factory=dict, description="source -> label cost (default 1, controls 0)")
+    sources: list[str] | Literal["all"] = Field("all", description="tasks that may be supervised")
+    targets: list[str] | Literal["all"] = Field("all", description="tasks that need a transfer in")
+
+    @field_validator("importance", "cost")
+    @classmethod
+    def _non_negative_weights(cls, value: dict[str, float], info) -> dict[str, float]:
+        for name, weight in value.items():
+            if not (weight >= 0 and weight != float("inf")):
+                raise ValueError(f"{info.field_name} of {name!r} must be a finite number >= 0, got {weight!r}")
+        return dict(zip(_task_names(list(value), info.field_name), value.values()))
+
+    @field_validator("sources", "targets")
+    @classmethod
+    def _task_list(cls, value: list[str] | str, info) -> list[str] | str:
+        if value == "all":
+            return value
+        if not value:
+            raise ValueError("expected at least one task, or 'all'")
+        return _task_names(value, info.field_name.rstrip("s"))
+
+
 class Config(_Strict):
     """A whole run's configuration. Later stages add their sections here."""
 
@@ -142,6 +197,8 @@ class Config(_Strict):
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     extract: ExtractConfig = ExtractConfig()
+    ahp: AhpConfig = AhpConfig()
+    taxonomy: TaxonomyConfig = TaxonomyConfig()
 
     @field_validator("name")
     @classmethod

@@ -33,3 +33,22 @@ def tiny_data(tiny_config, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny_run") / "data.zarr"
     assert build_data(tiny_config, path, progress=False) == "built"
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_config, tiny_data, tmp_path_factory) -> Path:
+    """A run folder of configs/tiny.yaml after `taskonomy train` and `taskonomy extract` (read-only: copy it).
+
+    Every tiny task is trained with the config's own `train` section (about two minutes on 2 cores), once
+    per session, for the stage I quality check and every later stage's tests.
+    """
+    import shutil
+
+    from taskonomy.cli import main
+
+    run_dir = tmp_path_factory.mktemp("tiny_trained") / "run"
+    run_dir.mkdir()
+    shutil.copytree(tiny_data, run_dir / "data.zarr")
+    args = ["-q", "--config", str(ROOT / "configs" / "tiny.yaml"), "--run-dir", str(run_dir)]
+    assert main([*args, "train"]) == 0 and main([*args, "extract"]) == 0
+    return run_dir
