@@ -29,7 +29,7 @@ from taskonomy.scenes.dataset import open_data
 
 __all__ = ["STAGE1_VERSION", "build_sources", "extract_all", "source_names", "train_all"]
 
-STAGE1_VERSION = "1"
+STAGE1_VERSION = "2"
 QUALITY_FILE = "stage1_quality.csv"
 CONTROLS = ("random", "pixels")
 
@@ -75,6 +75,7 @@ def train_all(config: Config, run_dir: Path, force: bool = False, progress: bool
                "images_per_s": round(result.images_per_second, 1)}
         save_checkpoint(path, {"hash": stamp, "task": task, "state_dict": result.state_dict,
                                "scaler": result.scaler, "quality": row, "epoch_losses": result.epoch_losses,
+                               "test_losses": torch.from_numpy(test),
                                "validation_losses": result.validation_losses})
         rows.append({**row, "status": "trained"})
     _write_quality(run_dir / QUALITY_FILE, rows)

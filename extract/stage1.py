@@ -41,7 +41,7 @@ from taskonomy.tasks import Task
 
 __all__ = ["CLASS_LOSSES", "LabelScaler", "TrainResult", "baseline_losses", "fit_scaler", "input_arrays",
            "load_split", "quality_row", "resolve_device", "restore_network", "test_losses", "train_task",
-           "validation_mask"]
+           "validation_mask", "deterministic"]
 
 CLASS_LOSSES = ("ce", "ce_dense", "soft_ce", "bce")
 EVAL_BATCH = 256
@@ -152,7 +152,7 @@ def _labels_tensor(task: Task, labels: np.ndarray) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _deterministic(device: torch.device) -> Iterator[None]:
+def deterministic(device: torch.device) -> Iterator[None]:
     """Deterministic kernels around training on CPU (every op used has one there).
 
     On CUDA this is not switched on: it needs CUBLAS_WORKSPACE_CONFIG set before CUDA starts and
@@ -182,9 +182,9 @@ def _cosine_with_warmup(total_steps: int):
     return factor
 
 
-def validation_mask(data_group: zarr.Group, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask over the train split: the images of a `fraction` of its scenes, chosen by `seed`."""
-    index = data_group["splits/train"][:]
+def validation_mask(data_group: zarr.Group, fraction: float, seed: int, split: str = "train") -> np.ndarray:
+    """Boolean mask over `split`: the images of a `fraction` of its scenes, chosen by `seed`."""
+    index = data_group[f"splits/{split}"][:]
     if fraction <= 0 or "meta/scene" not in data_group:
         return np.zeros(len(index), bool)
     scenes = np.asarray(data_group["meta/scene"].get_orthogonal_selection((index,)))
@@ -212,16 +212,18 @@ def _mean_loss(network: TaskNetwork, loss_fn, scaler: LabelScaler, x: torch.Tens
 
 
 def train_task(task_name: str, data_group: zarr.Group, train_cfg: TrainConfig, seed: int,
-               device: str | torch.device | None = "auto", progress: bool = True) -> TrainResult:
-    """Train `task_name`'s network on the train split: AdamW, cosine decay, no augmentation, early stopping.
+               device: str | torch.device | None = "auto", progress: bool = True, split: str = "train",
+               scaler: LabelScaler | dict[str, Any] | None = None) -> TrainResult:
+    """Train `task_name`'s network on `split`: AdamW, cosine decay, no augmentation, early stopping.
 
-    Same seed, same data, CPU: the same weights bit for bit.
+    `scaler` fixes the label standardisation (default: fitted on the training images). Same seed, same
+    data, CPU: the same weights bit for bit.
     """
     task = registry.get(task_name)
     device = resolve_device(device)
-    x, x_b, raw = load_split(task, data_group, "train")
-    held = torch.from_numpy(validation_mask(data_group, train_cfg.validation, seed))
-    scaler = fit_scaler(task, raw[~held.numpy()])
+    x, x_b, raw = load_split(task, data_group, split)
+    held = torch.from_numpy(validation_mask(data_group, train_cfg.validation, seed, split))
+    scaler = LabelScaler.from_any(scaler) if scaler is not None else fit_scaler(task, raw[~held.numpy()])
     y = _labels_tensor(task, raw)
     (x_val, xb_val, y_val), (x, x_b, y) = _take(held, x, x_b, y), _take(~held, x, x_b, y)
     n, batch = len(x), min(train_cfg.batch, len(x))
@@ -230,7 +232,7 @@ def train_task(task_name: str, data_group: zarr.Group, train_cfg: TrainConfig, s
     x_b, xb_val = (t.to(device) if t is not None else None for t in (x_b, xb_val))
     loss_fn = get_loss(task.loss)
     start = time.perf_counter()
-    with _deterministic(device):
+    with deterministic(device):
         torch.manual_seed(seed)
         network = build_network(task, train_cfg, x.shape[-1]).to(device).train()
         optimizer = torch.optim.AdamW(network.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay,

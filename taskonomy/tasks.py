@@ -14,10 +14,10 @@ from taskonomy import TaskonomyError
 
 __all__ = [
     "GROUPS", "HEADS", "MODALITIES", "N_OBJECT_CLASSES", "N_SEMANTIC", "N_JIGSAW", "OBJECT_CLASSES",
-    "ROOM_TYPES", "Task", "all_tasks", "get", "register", "resolve_alias", "validate_name",
+    "ROOM_TYPES", "Task", "all_tasks", "get", "register", "resolve_alias", "unregister", "validate_name",
 ]
 
-GROUPS = ("low-level", "2D", "3D", "semantic", "multi-view", "control")
+GROUPS = ("low-level", "2D", "3D", "semantic", "multi-view", "control", "added")  # added: by add-target
 MODALITIES = ("rgb", "gray", "noisy", "masked", "permuted", "pair", "none")
 HEADS = ("dense", "global", "pair", "none")
 ROLES = ("both", "source", "target")
@@ -107,6 +107,13 @@ def register(task: Task, *, replace: bool = False) -> Task:
     for alias in task.aliases:
         _ALIASES[alias] = task.name
     return task
+
+
+def unregister(name: str) -> None:
+    """Remove a task (and its aliases) from the dictionary; unknown names are ignored."""
+    task = _REGISTRY.pop(name, None)
+    for alias in task.aliases if task else ():
+        _ALIASES.pop(alias, None)
 
 
 def resolve_alias(name: str) -> str:

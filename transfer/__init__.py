@@ -1,0 +1,1 @@
+"""Stage II: readouts from cached features to every target, first and higher order."""

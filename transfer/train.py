@@ -1,0 +1,181 @@
+"""Train every readout of several targets from one pass over the cached features per epoch.
+
+    losses, report = train_readouts(features_root, jobs, transfer_cfg, image_size)
+
+A job is one target with its list of transfers (tuples of sources). Per epoch the feature blocks of the
+transfer split are read once (Dask, one block ahead) and every job's readouts train on each batch of
+them; the readouts of one target are one grouped network (readouts.py). Then the test split is read once
+and every readout gets its per-image test losses, in the target's scaled label space (the stage I
+scaler when the target has a network, so `full`, `scratch` and readouts are comparable image by image).
+
+Inputs of a readout: each source's features standardised per channel (transfer-split statistics),
+clipped to +-5 sigma (as the original release did), resized to the target grid (image / 8) and
+concatenated on channels for a higher-order transfer; a pair target reads both views of each source.
+Inputs narrower than the widest transfer of the group are zero-padded (inert channels).
+
+Determinism: the batch order depends only on the seed and the epoch, and each job's weights only on its
+own seed, so a job trains to the same weights alone, with other jobs, or on a dask.distributed worker.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import zarr
+
+from taskonomy import tasks as registry
+from taskonomy.config import TransferConfig
+from taskonomy.extract.stage1 import EVAL_BATCH, LabelScaler, deterministic
+from taskonomy.losses import get_loss
+from taskonomy.transfer.feed import FeatureFeed, channel_stats
+from taskonomy.transfer.readouts import GroupedReadouts, build_readouts
+
+__all__ = ["ReadoutJob", "TrainReport", "train_readouts"]
+
+CLIP_SIGMA = 5.0
+
+
+def readout_seed(seed: int, transfer: tuple[str, ...]) -> int:
+    """The initialisation seed of one readout: its target's seed and its sources, nothing else."""
+    return (seed * 1_000_003 + zlib.crc32("+".join(sorted(transfer)).encode())) % 2**31
+
+
+@dataclass
+class ReadoutJob:
+    """The readouts of one target: its transfers, labels of both splits (stored dtype) and label scaler."""
+
+    target: str
+    transfers: list[tuple[str, ...]]
+    labels_transfer: np.ndarray
+    labels_test: np.ndarray
+    scaler: dict = field(default_factory=dict)
+    seed: int = 0
+
+
+@dataclass
+class TrainReport:
+    seconds: float = 0.0
+    wait_seconds: float = 0.0  # time the loop waited for feature blocks
+    samples: int = 0  # readout training samples: images x readouts x epochs
+
+    @property
+    def wait_share(self) -> float:
+        return self.wait_seconds / self.seconds if self.seconds else 0.0
+
+
+def _input_paths(job: ReadoutJob, split: str) -> list[str]:
+    sources = dict.fromkeys(s for transfer in job.transfers for s in transfer)
+    pair = registry.get(job.target).head == "pair"
+    return [p for s in sources for p in ([f"{s}/{split}"] + ([f"{s}/views/{job.target}/{split}"] if pair else []))]
+
+
+def _standardise(block: np.ndarray, stats: tuple[np.ndarray, np.ndarray], grid: int) -> torch.Tensor:
+    mean, std = (torch.from_numpy(v.astype(np.float32)).view(1, -1, 1, 1) for v in stats)
+    x = ((torch.from_numpy(block) - mean) / std).clamp_(-CLIP_SIGMA, CLIP_SIGMA)
+    if x.shape[-1] > grid:
+        return F.adaptive_avg_pool2d(x, grid)
+    if x.shape[-1] < grid:
+        return F.interpolate(x, size=(grid, grid), mode="nearest")
+    return x
+
+
+class _Job:
+    """A job's grouped readouts, optimiser and labels, ready to train."""
+
+    def __init__(self, job: ReadoutJob, cfg: TransferConfig, channels: dict[str, int], grid: int, image_size: int,
+                 steps: int):
+        self.job, self.task = job, registry.get(job.target)
+        self.pair = self.task.head == "pair"
+        widths = [sum(channels[s] * (2 if self.pair else 1) for s in t) for t in job.transfers]
+        self.width = max(widths)
+        self.readouts: GroupedReadouts = build_readouts(self.task, len(job.transfers), self.width, grid, image_size,
+                                                        cfg.hidden)
+        self.readouts.reset([readout_seed(job.seed, t) for t in job.transfers], widths)
+        self.optimizer = torch.optim.AdamW(self.readouts.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps)))
+        self.scaler = LabelScaler.from_any(job.scaler)
+        self.loss = get_loss(self.task.loss)
+
+    def inputs(self, features: dict[str, torch.Tensor], split: str, rows: torch.Tensor) -> torch.Tensor:
+        """(B, G, width, h, w): each transfer's sources concatenated, zero-padded to the group's width."""
+        groups = []
+        for transfer in self.job.transfers:
+            parts = [features[p][rows] for s in transfer
+                     for p in ([f"{s}/{split}"] + ([f"{s}/views/{self.job.target}/{split}"] if self.pair else []))]
+            x = torch.cat(parts, dim=1)
+            groups.append(F.pad(x, (0, 0, 0, 0, 0, self.width - x.shape[1])))
+        return torch.stack(groups, dim=1)
+
+    def losses(self, z: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
+        """Per-image, per-readout losses (B, G) of the readouts on inputs z against stored labels."""
+        y = torch.from_numpy(labels.astype(np.int64) if self.task.label_dtype == "uint8" else labels)
+        y = self.scaler.apply(y)
+        pred = self.readouts(z)
+        b, g = pred.shape[:2]
+        target = y.unsqueeze(1).expand(b, g, *y.shape[1:]).flatten(0, 1)
+        return self.loss(pred.flatten(0, 1), target).view(b, g)
+
+
+def train_readouts(root: zarr.Group, jobs: list[ReadoutJob], cfg: TransferConfig, image_size: int,
+                   seed: int = 0, block: int | None = None, progress: bool = False,
+                   ) -> tuple[dict[str, np.ndarray], TrainReport]:
+    """Train every job's readouts on the transfer split; return {target: test losses (G, n_test) float64}.
+
+    `block`: images per feature block (default: the longest chunk among the arrays read); pass the same
+    value to get the same batches whatever the jobs read.
+    """
+    from tqdm import tqdm
+
+    start, report = time.perf_counter(), TrainReport()
+    train_paths = list(dict.fromkeys(p for job in jobs for p in _input_paths(job, "transfer")))
+    stats = channel_stats(root, train_paths)
+    channels = {p.split("/")[0]: len(m) for p, (m, _) in stats.items()}
+    grid = image_size // 8
+    feed = FeatureFeed(root, train_paths, block)
+    steps = cfg.epochs * sum(math.ceil((hi - lo) / cfg.batch) for lo, hi in feed.bounds)
+    with deterministic(torch.device("cpu")):
+        states = [_Job(job, cfg, channels, grid, image_size, steps) for job in jobs]
+        bar = tqdm(total=cfg.epochs * feed.n, desc="readouts", unit="img", disable=not progress)
+        for epoch in range(cfg.epochs):
+            rng = np.random.default_rng([seed, epoch])
+            for lo, hi, block in feed.blocks(rng.permutation(len(feed.bounds))):
+                features = {p: _standardise(x, stats[p], grid) for p, x in block.items()}
+                for rows in torch.from_numpy(rng.permutation(hi - lo)).split(cfg.batch):
+                    for state in states:
+                        z = state.inputs(features, "transfer", rows)
+                        loss = state.losses(z, state.job.labels_transfer[lo:hi][rows.numpy()]).mean(0).sum()
+                        state.optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        state.optimizer.step()
+                        state.schedule.step()
+                        report.samples += len(rows) * len(state.job.transfers)
+                bar.update(hi - lo)
+        bar.close()
+        report.wait_seconds = feed.wait_seconds
+        out = _test_losses(root, states, stats, grid)
+    report.seconds = time.perf_counter() - start
+    return out, report
+
+
+@torch.no_grad()
+def _test_losses(root: zarr.Group, states: list[_Job], stats: dict, grid: int) -> dict[str, np.ndarray]:
+    paths = list(dict.fromkeys(p for s in states for p in _input_paths(s.job, "test")))
+    # test features are standardised with the transfer split's statistics, as the readouts saw them
+    test_stats = {p: stats[p.removesuffix("test") + "transfer"] for p in paths}
+    feed = FeatureFeed(root, paths)
+    out: dict[str, list[torch.Tensor]] = {s.job.target: [] for s in states}
+    for lo, hi, block in feed.blocks():
+        features = {p: _standardise(x, test_stats[p], grid) for p, x in block.items()}
+        for rows in torch.arange(hi - lo).split(EVAL_BATCH):
+            for state in states:
+                state.readouts.eval()
+                z = state.inputs(features, "test", rows)
+                out[state.job.target].append(state.losses(z, state.job.labels_test[lo:hi][rows.numpy()]).double())
+    return {t: torch.cat(v).T.numpy() for t, v in out.items()}
