@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 CONFIG  ?= configs/default.yaml
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup test test-slow demo data preview train extract bench clean
+.PHONY: setup test test-slow demo data preview train extract transfer ahp taxonomy bench clean
 
 setup: $(STAMP)
 
@@ -39,9 +39,25 @@ train: data
 extract: train
 	$(BIN)/taskonomy --config $(CONFIG) extract
 
+# Stage II: readouts from the cached features to every target -> transfers.zarr
+transfer: extract
+	$(BIN)/taskonomy --config $(CONFIG) transfer
+
+# Stage III over the run's transfers.zarr (written by stage II).
+ahp: setup
+	$(BIN)/taskonomy --config $(CONFIG) ahp
+
+# Stage IV over the run's affinity.csv (stage III) and transfers.zarr (stage II).
+taxonomy: setup
+	$(BIN)/taskonomy --config $(CONFIG) solve
+	$(BIN)/taskonomy --config $(CONFIG) evaluate
+
 bench: setup
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_extract.py
+	$(BIN)/python benchmarks/bench_transfer.py
+	$(BIN)/python benchmarks/bench_bip.py
+	$(BIN)/python benchmarks/bench_ahp.py
 
 clean:
 	rm -rf runs/

@@ -64,6 +64,10 @@ def cli(click_ctx: click.Context, config_path: str | None, run_dir: str | None, 
     from taskonomy.runtime import cap_threads
 
     cap_threads(config.threads)
+    if (click_ctx.obj.run_dir / "added_targets.json").is_file():  # targets added from the cache earlier
+        from taskonomy.transfer.add_target import load_added_targets
+
+        load_added_targets(click_ctx.obj.run_dir)
 
 
 @cli.command()
@@ -136,6 +140,166 @@ def extract(ctx: Context, force: bool) -> None:
     for name, state in outcome.items():
         _say(ctx, f"extract: {name:<18} {state}")
     _say(ctx, f"extract: {run_dir / 'features.zarr'} ({time.perf_counter() - start:.1f} s)")
+
+
+@cli.command()
+@click.option("--force", is_flag=True, help="Retrain every transfer even if its stamp is unchanged.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Train on an existing dask.distributed cluster (overrides transfer.scheduler).")
+@click.pass_obj
+def transfer(ctx: Context, force: bool, scheduler: str | None) -> None:
+    """Stage II: readouts from cached features to every target -> transfers.zarr (per-image test losses)."""
+    from taskonomy.transfer.stage import run_transfer
+
+    config = ctx.config
+    if scheduler:
+        config = config.model_copy(update={"transfer": config.transfer.model_copy(update={"scheduler": scheduler})})
+    run_dir = ctx.prepare_run_dir()
+    start = time.perf_counter()
+    outcome = run_transfer(config, run_dir, force=force, progress=ctx.progress)
+    for name, state in outcome.items():
+        _say(ctx, f"transfer: {name:<18} {state}")
+    _say(ctx, f"transfer: {run_dir / 'transfers.zarr'} ({time.perf_counter() - start:.1f} s)")
+
+
+@cli.command("add-target")
+@click.argument("name")
+@click.option("--labels", "labels_path", required=True, type=click.Path(dir_okay=True),
+              help="A .npy file or Zarr array: one label per data.zarr image, in image order.")
+@click.option("--loss", required=True, help="A registered per-image loss: l1, l2, ce, ce_dense, soft_ce, bce.")
+@click.option("--force", is_flag=True, help="Replace a target added earlier under the same name.")
+@click.pass_obj
+def add_target_command(ctx: Context, name: str, labels_path: str, loss: str, force: bool) -> None:
+    """A new target from the feature cache alone: its readouts train, no encoder runs."""
+    from taskonomy.transfer.add_target import add_target, read_labels
+
+    run_dir = ctx.prepare_run_dir()
+    start = time.perf_counter()
+    state = add_target(ctx.config, run_dir, name, loss, labels=read_labels(labels_path), origin=labels_path,
+                       force=force, progress=ctx.progress)
+    _say(ctx, f"add-target: {name} {state} ({time.perf_counter() - start:.1f} s)")
+
+
+@cli.command()
+@click.option("--force", is_flag=True, help="Recompute the affinities even if they are up to date.")
+@click.pass_obj
+def ahp(ctx: Context, force: bool) -> None:
+    """Stage III: per-target tournaments over transfers.zarr -> affinity.csv, intervals, heatmap."""
+    from taskonomy.ahp.stage import run_ahp
+
+    run_dir = ctx.prepare_run_dir()
+    start = time.perf_counter()
+    outcome = run_ahp(ctx.config, run_dir, force=force)
+    _say(ctx, f"{'target':<18} {'top source':<18} {'affinity':>8} {'on top':>7} {'CR':>7} {'iters':>6}")
+    for row in outcome["summary"]:
+        stays = f"{float(row['top_source_stability']):.0%}" if row["top_source_stability"] else "-"
+        converged = "" if row["converged"] == "True" else "  DID NOT CONVERGE"
+        affinity = f"{float(row['top_source_affinity']):.3f}" if row["top_source_affinity"] else "-"
+        _say(ctx, f"{row['target']:<18} {row['top_source'] or '-':<18} {affinity:>8} {stays:>7} "
+                  f"{float(row['consistency_ratio']):>7.3f} {row['iterations']:>6}{converged}")
+    _say(ctx, f"ahp: {run_dir / 'affinity.csv'} {outcome['state']} ({time.perf_counter() - start:.1f} s)")
+
+
+def _names(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _weights(values: tuple[str, ...], option: str) -> dict[str, float] | None:
+    """task=w pairs of a repeated option, e.g. --importance normal=2 --importance depth_zbuffer=0.5."""
+    weights = {}
+    for value in values:
+        name, _, weight = value.partition("=")
+        try:
+            weights[name.strip()] = float(weight)
+        except ValueError:
+            raise click.BadParameter(f"expected TASK=NUMBER, got {value!r}", param_hint=option) from None
+    return weights or None
+
+
+def _taxonomy_options(command):
+    """Options shared by solve and evaluate; each overrides the config's taxonomy section."""
+    for decorator in reversed((
+        click.option("--solver", type=click.Choice(["cbc", "highs"]), default=None, help="BIP solver [config]."),
+        click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Seconds per solve [config]."),
+        click.option("--targets", default=None, help="Comma-separated targets [config: all rows of affinity.csv]."),
+        click.option("--sources", default=None,
+                     help="Comma-separated tasks that may be supervised [config: all but the controls]."),
+        click.option("--importance", multiple=True, metavar="TASK=W", help="Importance of a target (default 1)."),
+        click.option("--cost", multiple=True, metavar="TASK=C", help="Label cost of a source (default 1)."),
+    )):
+        command = decorator(command)
+    return command
+
+
+def _override(ctx: Context, **values) -> Path:
+    from taskonomy.taxonomy.stage import with_overrides
+
+    values.update(targets=_names(values.get("targets")), sources=_names(values.get("sources")),
+                  importance=_weights(values.get("importance", ()), "--importance"),
+                  cost=_weights(values.get("cost", ()), "--cost"))
+    ctx.config = with_overrides(ctx.config, **values)
+    # stage IV reads a run folder made by the earlier stages: never create one just to report it is empty
+    return ctx.prepare_run_dir() if ctx.run_dir.is_dir() else ctx.run_dir
+
+
+@cli.command()
+@click.option("--budget", type=click.FloatRange(min=0), default=None, help="Supervision budget [config: 3].")
+@click.option("--max-order", type=click.IntRange(1, 8), default=None, help="Most sources per transfer [config: 3].")
+@_taxonomy_options
+@click.pass_obj
+def solve(ctx: Context, **options) -> None:
+    """Stage IV: the BIP over affinity.csv; writes taxonomy.json and taxonomy_graph.png."""
+    from taskonomy.taxonomy.stage import run_solve
+
+    run_dir = _override(ctx, **options)
+    solution, paths = run_solve(ctx.config, run_dir)
+    if solution.status == "feasible":
+        click.echo("taskonomy: note: the time limit stopped the solver before it proved this policy optimal",
+                   err=True)
+    for target, transfer in solution.policy.items():
+        _say(ctx, f"solve: {target:<18} <- {transfer.name:<36} affinity {transfer.affinity:.3f}")
+    _say(ctx, f"solve: supervise {', '.join(solution.supervised)}; objective {solution.objective:.4f} "
+              f"({solution.status}, {solution.seconds:.2f} s) -> {', '.join(str(p) for p in paths)}")
+
+
+@cli.command()
+@click.option("--max-order", type=click.IntRange(1, 8), default=None, help="Sweep max orders 1..K [config: 3].")
+@click.option("--quality", "levels", multiple=True, type=click.FloatRange(0, 1),
+              help="Average quality levels for the supervision saved [0.1 0.2 0.3 0.4 0.45 0.5].")
+@_taxonomy_options
+@click.pass_obj
+def evaluate(ctx: Context, levels: tuple[float, ...], **options) -> None:
+    """Sweep budgets and max orders; gain and quality per target, curves and the supervision saved."""
+    from taskonomy.taxonomy.evaluate import QUALITY_LEVELS
+    from taskonomy.taxonomy.stage import run_evaluate
+
+    run_dir = _override(ctx, **options)
+    _say(ctx, f"evaluate: {'budget':>6} {'order':>5} {'gain':>6} {'quality':>7}  supervised")
+
+    def row(p) -> None:
+        names = ", ".join(p.supervised) or p.status
+        _say(ctx, f"evaluate: {p.budget:>6g} {p.max_order:>5} {p.mean_gain:>6.3f} {p.mean_quality:>7.3f}  "
+                  f"{names if len(names) <= 70 else names[:67] + '...'}")
+
+    points, paths = run_evaluate(ctx.config, run_dir, levels=levels or QUALITY_LEVELS, progress=row)
+    _say(ctx, f"evaluate: {len(points)} policies -> {', '.join(str(p) for p in paths)}")
+
+
+@cli.command(name="all-for-one")
+@click.argument("target")
+@click.option("--supervised", default=None, help="Comma-separated supervised sources [taxonomy.json's].")
+@click.option("--max-order", type=click.IntRange(1, 8), default=None, help="Max orders 1..K [config: 3].")
+@click.pass_obj
+def all_for_one(ctx: Context, target: str, supervised: str | None, max_order: int | None) -> None:
+    """The best transfer into a new target from a set of supervised sources (the paper's Figure 10)."""
+    from taskonomy.taxonomy.stage import run_all_for_one
+
+    rows, paths = run_all_for_one(ctx.config, ctx.run_dir, target, _names(supervised), max_order)
+    for row in rows:
+        _say(ctx, f"all-for-one: order <= {row['max_order']}: {target} <- {row['transfer']} "
+                  f"(gain {row['gain']}, quality {row['quality']})")
+    _say(ctx, f"all-for-one: -> {', '.join(str(p) for p in paths)}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from taskonomy import TaskonomyError
 from taskonomy import tasks as registry
 
 __all__ = ["AhpConfig", "Config", "DataConfig", "ExtractConfig", "SplitConfig", "TaxonomyConfig", "TrainConfig",
-           "content_hash", "load_config"]
+           "TransferConfig", "content_hash", "load_config"]
 
 
 class _Strict(BaseModel):
@@ -188,6 +188,21 @@ class TaxonomyConfig(_Strict):
         return _task_names(value, info.field_name.rstrip("s"))
 
 
+class TransferConfig(_Strict):
+    """Stage II: readouts from frozen features to every target, trained on the transfer split."""
+
+    epochs: int = Field(30, ge=1, le=10000)
+    batch: int = Field(64, ge=1, le=65536)
+    lr: float = Field(2e-3, gt=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0, lt=1)
+    hidden: int = Field(32, ge=1, le=1024, description="channels of a readout's convolutions")
+    max_order: int = Field(3, ge=1, le=8, description="largest number of sources of one transfer")
+    beam: int = Field(5, ge=1, le=32, description="higher orders combine the target's best first-order sources")
+    targets: list[str] | Literal["all"] = Field("all", description="targets; 'all' = every data task that can be one")
+    scratch: bool = Field(True, description="also train the scratch baseline (encoder + readout on the transfer split)")
+    scheduler: str | None = Field(None, description="dask.distributed scheduler address; none = in process")
+
+
 class Config(_Strict):
     """A whole run's configuration. Later stages add their sections here."""
 
@@ -197,6 +212,7 @@ class Config(_Strict):
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     extract: ExtractConfig = ExtractConfig()
+    transfer: TransferConfig = TransferConfig()
     ahp: AhpConfig = AhpConfig()
     taxonomy: TaxonomyConfig = TaxonomyConfig()
 

@@ -2,13 +2,17 @@
 
 Each library defaults to every core; on a 2-core machine three pools of 2 threads fight each other.
 `cap_threads(n)` is called once by the CLI (from the config's `threads`) and by benchmarks and tests.
+`numba_cache_dir(folder)` keeps Numba's on-disk cache working where the installed package is read-only.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
+from pathlib import Path
 
-__all__ = ["cap_threads", "default_threads"]
+__all__ = ["cap_threads", "default_threads", "numba_cache_dir"]
 
 _BLAS_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -37,3 +41,35 @@ def cap_threads(n: int | None = None) -> int:
 
     torch.set_num_threads(n)
     return n
+
+
+def _writable(folder: Path) -> bool:
+    # the probe Numba itself makes: os.access says yes to root even on a read-only mount
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+        return True
+    except OSError:
+        return False
+
+
+def numba_cache_dir(package_dir: str | Path) -> Path | None:
+    """Where Numba caches the kernels of `package_dir`: None = beside the source (its __pycache__).
+
+    Numba writes its cache next to the source file. Where that folder is read-only (a system-wide or
+    container install), point NUMBA_CACHE_DIR at $XDG_CACHE_HOME/taskonomy/numba (~/.cache by default),
+    else at the temp folder, so the compiled kernels are still loaded from disk on the next run instead of
+    recompiled. Call it before the module with `cache=True` kernels is imported. A NUMBA_CACHE_DIR set by
+    the user wins.
+    """
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return Path(os.environ["NUMBA_CACHE_DIR"])
+    if _writable(Path(package_dir) / "__pycache__"):
+        return None
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "taskonomy" / "numba"
+    if not _writable(base):
+        base = Path(tempfile.gettempdir()) / f"taskonomy-numba-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    os.environ["NUMBA_CACHE_DIR"] = str(base)
+    if "numba" in sys.modules:  # Numba reads the variable once, when it is first imported
+        sys.modules["numba"].config.CACHE_DIR = str(base)
+    return base

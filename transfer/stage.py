@@ -127,6 +127,7 @@ def _run_jobs(features: Path, jobs: list[ReadoutJob], config: Config, size: int,
         for losses, part in client.gather(futures):
             out.update(losses)
             report.seconds += part.seconds
+            report.train_seconds += part.train_seconds
             report.wait_seconds += part.wait_seconds
             report.samples += part.samples
     return out, report
@@ -241,7 +242,7 @@ def run_transfer(config: Config, run_dir: Path, force: bool = False, progress: b
                                     if target.kept.get(transfer_name(s), ("",))[0] != target.rows[transfer_name(s)][0])
         _write_target(store, target, complete=True, loss=registry.get(target.name).loss)
     store.attrs.update({"complete": True, "wait_share": (report.wait_seconds + report2.wait_seconds)
-                        / max(report.seconds + report2.seconds, 1e-9)})
+                        / max(report.train_seconds + report2.train_seconds, 1e-9)})
     return {t.name: (f"{trained[t.name]} transfers trained, {len(t.rows) - trained[t.name]} kept"
                      if trained[t.name] else "up to date") for t in targets}
 

@@ -60,13 +60,14 @@ class ReadoutJob:
 
 @dataclass
 class TrainReport:
-    seconds: float = 0.0
-    wait_seconds: float = 0.0  # time the loop waited for feature blocks
+    seconds: float = 0.0  # everything: statistics, training, test losses
+    train_seconds: float = 0.0  # the training loop alone
+    wait_seconds: float = 0.0  # time the training loop waited for feature blocks
     samples: int = 0  # readout training samples: images x readouts x epochs
 
     @property
     def wait_share(self) -> float:
-        return self.wait_seconds / self.seconds if self.seconds else 0.0
+        return self.wait_seconds / self.train_seconds if self.train_seconds else 0.0
 
 
 def _input_paths(job: ReadoutJob, split: str) -> list[str]:
@@ -142,6 +143,7 @@ def train_readouts(root: zarr.Group, jobs: list[ReadoutJob], cfg: TransferConfig
     steps = cfg.epochs * sum(math.ceil((hi - lo) / cfg.batch) for lo, hi in feed.bounds)
     with deterministic(torch.device("cpu")):
         states = [_Job(job, cfg, channels, grid, image_size, steps) for job in jobs]
+        loop_start = time.perf_counter()
         bar = tqdm(total=cfg.epochs * feed.n, desc="readouts", unit="img", disable=not progress)
         for epoch in range(cfg.epochs):
             rng = np.random.default_rng([seed, epoch])
@@ -158,6 +160,7 @@ def train_readouts(root: zarr.Group, jobs: list[ReadoutJob], cfg: TransferConfig
                         report.samples += len(rows) * len(state.job.transfers)
                 bar.update(hi - lo)
         bar.close()
+        report.train_seconds = time.perf_counter() - loop_start
         report.wait_seconds = feed.wait_seconds
         out = _test_losses(root, states, stats, grid)
     report.seconds = time.perf_counter() - start
