@@ -20,7 +20,7 @@ SMALL = ["autoencoding", "jigsaw", "depth_zbuffer", "normal", "reshading", "clas
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
+def synthetic_run(tmp_path_factory) -> Path:
     """Every task of configs/tiny.yaml, the controls and a target-only task, up to order 3 (read-only)."""
     run_dir = tmp_path_factory.mktemp("taxonomy") / "run"
     write_run(run_dir, tasks=TINY_TASKS, max_order=3)
@@ -44,12 +44,12 @@ def one_line_error(capsys) -> str:
     return err
 
 
-def test_solve_writes_a_feasible_optimal_policy_and_its_graph(tiny_run):
-    assert taskonomy(tiny_run, "solve", "--budget", "3", "--max-order", "2") == 0
-    doc = json.loads((tiny_run / "taxonomy.json").read_text())
+def test_solve_writes_a_feasible_optimal_policy_and_its_graph(synthetic_run):
+    assert taskonomy(synthetic_run, "solve", "--budget", "3", "--max-order", "2") == 0
+    doc = json.loads((synthetic_run / "taxonomy.json").read_text())
     assert doc["status"] == "optimal" and doc["budget"] == 3 and doc["max_order"] == 2 and doc["solver"] == "cbc"
     assert 0 < len(doc["supervised"]) <= 3 and not {"random", "pixels"} & set(doc["supervised"])
-    affinity = read_affinity(tiny_run)
+    affinity = read_affinity(synthetic_run)
     assert set(doc["policy"]) == set(affinity.targets)  # jigsaw is source-only, NOVEL target-only
     assert NOVEL not in doc["supervised"] and "jigsaw" not in doc["policy"]
     lookup = {(tr.name, tr.target): tr.affinity for tr in affinity.transfers}
@@ -57,14 +57,14 @@ def test_solve_writes_a_feasible_optimal_policy_and_its_graph(tiny_run):
         assert set(chosen["sources"]) <= set(doc["supervised"]) and chosen["order"] <= 2
         assert chosen["affinity"] == pytest.approx(lookup[(chosen["transfer"], target)])
     assert doc["objective"] == pytest.approx(sum(c["affinity"] for c in doc["policy"].values()))
-    assert (tiny_run / "taxonomy_graph.png").read_bytes()[:4] == b"\x89PNG"
+    assert (synthetic_run / "taxonomy_graph.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_solve_options_subsets_importance_controls_and_highs(tiny_run):
-    assert taskonomy(tiny_run, "solve", "--budget", "2", "--max-order", "1", "--solver", "highs",
+def test_solve_options_subsets_importance_controls_and_highs(synthetic_run):
+    assert taskonomy(synthetic_run, "solve", "--budget", "2", "--max-order", "1", "--solver", "highs",
                      "--targets", "normal,reshading,class_scene", "--sources", "normal,class_scene,random",
                      "--importance", "class_scene=5", "--cost", "normal=1.5") == 0
-    doc = json.loads((tiny_run / "taxonomy.json").read_text())
+    doc = json.loads((synthetic_run / "taxonomy.json").read_text())
     assert set(doc["policy"]) == {"normal", "reshading", "class_scene"} and doc["solver"] == "highs"
     assert doc["policy"]["class_scene"]["importance"] == 5
     # normal costs 1.5 and class_scene 1, so within 2 only one of them plus the free random control fits
@@ -72,8 +72,8 @@ def test_solve_options_subsets_importance_controls_and_highs(tiny_run):
     assert doc["sources"] == ["normal", "class_scene", "random"]
 
 
-def test_infeasible_budget_is_one_line_and_exit_2(tiny_run, capsys):
-    assert taskonomy(tiny_run, "solve", "--budget", "0") == 2
+def test_infeasible_budget_is_one_line_and_exit_2(synthetic_run, capsys):
+    assert taskonomy(synthetic_run, "solve", "--budget", "0") == 2
     err = one_line_error(capsys)
     assert "infeasible" in err and "budget 0 is too small" in err
 
@@ -119,21 +119,21 @@ def test_incomplete_target_is_left_out_with_a_warning(tmp_path):
     assert rows and all(r["gain"] == r["quality"] == "" for r in rows)  # chosen, but not scored
 
 
-def test_all_for_one_picks_the_best_transfer_from_the_supervised_sources(tiny_run):
-    assert taskonomy(tiny_run, "all-for-one", NOVEL, "--supervised", "normal,reshading,class_scene",
+def test_all_for_one_picks_the_best_transfer_from_the_supervised_sources(synthetic_run):
+    assert taskonomy(synthetic_run, "all-for-one", NOVEL, "--supervised", "normal,reshading,class_scene",
                      "--max-order", "2") == 0
-    doc = json.loads((tiny_run / f"all_for_one_{NOVEL}.json").read_text())
-    allowed = [tr for tr in read_affinity(tiny_run).transfers
+    doc = json.loads((synthetic_run / f"all_for_one_{NOVEL}.json").read_text())
+    allowed = [tr for tr in read_affinity(synthetic_run).transfers
                if tr.target == NOVEL and set(tr.sources) <= {"normal", "reshading", "class_scene"}]
     for row in doc["orders"]:
         best = max((tr for tr in allowed if tr.order <= row["max_order"]), key=lambda tr: tr.affinity)
         assert row["transfer"] == best.name and 0 <= row["gain"] <= 1
-    assert (tiny_run / f"all_for_one_{NOVEL}.png").exists()
+    assert (synthetic_run / f"all_for_one_{NOVEL}.png").exists()
     # without --supervised it takes taxonomy.json's supervised sources
-    assert taskonomy(tiny_run, "solve", "--budget", "3") == 0
-    assert taskonomy(tiny_run, "all-for-one", NOVEL) == 0
-    chosen = json.loads((tiny_run / f"all_for_one_{NOVEL}.json").read_text())
-    assert set(chosen["best"]["sources"]) <= set(json.loads((tiny_run / "taxonomy.json").read_text())["supervised"])
+    assert taskonomy(synthetic_run, "solve", "--budget", "3") == 0
+    assert taskonomy(synthetic_run, "all-for-one", NOVEL) == 0
+    chosen = json.loads((synthetic_run / f"all_for_one_{NOVEL}.json").read_text())
+    assert set(chosen["best"]["sources"]) <= set(json.loads((synthetic_run / "taxonomy.json").read_text())["supervised"])
 
 
 def _edit_affinity(run_dir: Path, edit) -> None:

@@ -242,3 +242,28 @@ def test_add_target_python_api_with_a_label_function(transferred, tmp_path):
     assert "trained" in state
     store = zarr.open_group(str(copy / "transfers.zarr"), mode="r")
     assert "lit_scene" in store.attrs["targets"] and store["lit_scene"].attrs["complete"]
+
+
+def test_ahp_solve_and_evaluate_run_on_the_tiny_transfers(transferred, tmp_path):
+    """Stages III and IV on real stage II output (not a synthetic store)."""
+    import csv
+    import json
+
+    args, run_dir = transferred
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("data.zarr", "features.zarr", "models"))
+    args = [a if a != str(run_dir) else str(copy) for a in args]
+    assert main([*args, "ahp"]) == 0
+    with (copy / "affinity.csv").open() as handle:
+        rows = {r["target"]: r for r in csv.DictReader(handle)}
+    assert sorted(rows) == sorted(TARGETS)
+    for row in rows.values():
+        values = [float(v) for k, v in row.items() if k != "target" and v]
+        assert abs(sum(values) - 1) < 1e-9 and min(values) > 0
+    assert (copy / "affinity_heatmap.png").stat().st_size > 10_000
+    assert main([*args, "solve", "--budget", "1", "--max-order", "2"]) == 0
+    taxonomy = json.loads((copy / "taxonomy.json").read_text())
+    assert taxonomy["status"] == "optimal" and len(taxonomy["supervised"]) == 1
+    assert sorted(taxonomy["policy"]) == sorted(TARGETS)
+    assert main([*args, "evaluate", "--max-order", "2"]) == 0
+    assert (copy / "evaluation.csv").is_file() and (copy / "evaluation_curves.png").is_file()
