@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -48,14 +47,6 @@ def _best(fn, repeats: int) -> float:
     return min(times)
 
 
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _losses(n: int, m: int, seed: int = 0) -> np.ndarray:
@@ -144,13 +135,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    from taskonomy.runtime import cap_threads
+    from taskonomy.runtime import cap_threads, cpu_name
 
     threads = cap_threads(args.threads)
     from taskonomy.ahp import _reference as reference
     from taskonomy.ahp import kernels
 
-    print(f"device: CPU: {_cpu_name()}, {threads} threads (Numba and BLAS)")
+    print(f"device: CPU: {cpu_name()}, {threads} threads (Numba and BLAS)")
     ns, ms = ([10, 25, 50], [300, 1000, 3000]) if args.quick else ([25, 100, 400], [1000, 10_000, 100_000])
     bench_compile()
     table = bench_win_rates(kernels, reference, ns, ms, 2 if args.quick else args.repeats)

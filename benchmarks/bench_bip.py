@@ -15,7 +15,6 @@ its ratio to the default, and whether every run found the same optimum.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -29,12 +28,6 @@ def _median_seconds(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), result
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -49,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from taskonomy import tasks as registry
-    from taskonomy.runtime import cap_threads
+    from taskonomy.runtime import cap_threads, cpu_name
     from taskonomy.taxonomy._synthetic import problem_from_losses, synthetic_losses, synthetic_problem
 
     threads = cap_threads(args.threads)
@@ -62,7 +55,7 @@ def main() -> None:
     except ImportError:
         solvers = ["cbc"]
         print("note: highspy is not installed; the HiGHS column is skipped (pip install highspy)")
-    print(f"device: CPU {_cpu_name()}, {threads} threads")
+    print(f"device: CPU {cpu_name()}, {threads} threads")
     print(f"dictionary: {len(tasks)} tasks ({len(source_only)} source-only), median of {args.repeats} runs")
     losses = synthetic_losses(tasks, targets, max_order=5, n_test=256, seed=args.seed) if "ahp" in args.affinities \
         else {}

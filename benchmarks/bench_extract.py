@@ -10,7 +10,6 @@ torch tensors from Zarr against reading the same bytes from a NumPy .npy memmap.
 from __future__ import annotations
 
 import argparse
-import platform
 import shutil
 import tempfile
 import time
@@ -33,7 +32,7 @@ def main() -> None:
     parser.add_argument("--read-images", type=int, default=65536, help="feature rows for the read benchmark")
     args = parser.parse_args()
 
-    from taskonomy.runtime import cap_threads
+    from taskonomy.runtime import cap_threads, describe_device
 
     threads = cap_threads(args.threads)
     import torch
@@ -49,8 +48,7 @@ def main() -> None:
     from taskonomy.store import create_image_array
 
     device = resolve_device("auto")
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU {platform.machine()}, {threads} threads"
-    print(f"device: {name}")
+    print(f"device: {describe_device(device.type, threads)}")
     config = load_config(overrides={"name": "bench", "data": {
         "image_size": args.size, "n_scenes": args.images // 4, "views_per_scene": 4, "tasks": ["depth_zbuffer"],
         "splits": {"test": 0.5, "transfer": 0.5}}})

@@ -13,7 +13,6 @@ Prints, with the device:
 from __future__ import annotations
 
 import argparse
-import platform
 import shutil
 import tempfile
 import time
@@ -32,7 +31,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
-    from taskonomy.runtime import cap_threads
+    from taskonomy.runtime import cap_threads, describe_device
 
     threads = cap_threads(args.threads)
     import torch
@@ -48,8 +47,7 @@ def main() -> None:
     from taskonomy.transfer.train import ReadoutJob, train_readouts
 
     device = resolve_device("auto")
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU {platform.machine()}, {threads} threads"
-    print(f"device: {name}")
+    print(f"device: {describe_device(device.type, threads)}")
     config = load_config(overrides={"name": "bench", "data": {
         "image_size": args.size, "n_scenes": args.scenes, "views_per_scene": 4, "tasks": [args.target],
         "splits": {"test": 0.1, "transfer": 0.6}}})

@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["cap_threads", "default_threads", "numba_cache_dir"]
+__all__ = ["cap_threads", "cpu_name", "default_threads", "describe_device", "numba_cache_dir"]
 
 _BLAS_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -73,3 +73,26 @@ def numba_cache_dir(package_dir: str | Path) -> Path | None:
     if "numba" in sys.modules:  # Numba reads the variable once, when it is first imported
         sys.modules["numba"].config.CACHE_DIR = str(base)
     return base
+
+
+def cpu_name() -> str:
+    """The CPU model (Linux /proc/cpuinfo), else what `platform` knows."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_device(device: str = "cpu", threads: int | None = None) -> str:
+    """One line naming where a measurement ran, for benchmark output and run metadata."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        return f"GPU {torch.cuda.get_device_name()} (CPU {cpu_name()})"
+    return f"CPU {cpu_name()}, {threads or default_threads()} threads"
