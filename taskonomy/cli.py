@@ -302,6 +302,33 @@ def all_for_one(ctx: Context, target: str, supervised: str | None, max_order: in
     _say(ctx, f"all-for-one: -> {', '.join(str(p) for p in paths)}")
 
 
+STAGES = ("data", "train", "extract", "transfer", "ahp", "solve", "evaluate")
+
+
+@cli.command()
+@click.option("--force", is_flag=True, help="Redo every stage.")
+@click.option("--redo", multiple=True, type=click.Choice(STAGES),
+              help="Redo this stage even if it is up to date (repeatable); later stages follow their hashes.")
+@click.pass_context
+def run(click_ctx: click.Context, force: bool, redo: tuple[str, ...]) -> None:
+    """Every stage in order, each skipped when its outputs are up to date; times go to run_timings.json."""
+    import json
+
+    ctx: Context = click_ctx.obj
+    run_dir = ctx.prepare_run_dir()
+    timings = {}
+    for name in STAGES:
+        _say(ctx, f"run: {name}")
+        start = time.perf_counter()
+        forced = {"force": True} if (force or name in redo) and name not in ("solve", "evaluate") else {}
+        click_ctx.invoke(cli.commands[name], **forced)
+        timings[name] = round(time.perf_counter() - start, 2)
+    tmp = run_dir / ".run_timings.json.tmp"
+    tmp.write_text(json.dumps({"seconds": timings, "total": round(sum(timings.values()), 2)}, indent=1))
+    os.replace(tmp, run_dir / "run_timings.json")
+    _say(ctx, "run: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: exit 0 on success, 2 with one line on stderr for any input problem."""
     try:

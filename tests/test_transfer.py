@@ -267,3 +267,24 @@ def test_ahp_solve_and_evaluate_run_on_the_tiny_transfers(transferred, tmp_path)
     assert sorted(taxonomy["policy"]) == sorted(TARGETS)
     assert main([*args, "evaluate", "--max-order", "2"]) == 0
     assert (copy / "evaluation.csv").is_file() and (copy / "evaluation_curves.png").is_file()
+
+
+def test_run_does_every_stage_and_skips_what_is_up_to_date(transferred, tmp_path, capsys):
+    import json
+
+    args, run_dir = transferred
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    args = [a if a != str(run_dir) else str(copy) for a in args if a != "-q"]
+    before = _losses(copy)
+    capsys.readouterr()
+    assert main([*args, "run"]) == 0
+    err = capsys.readouterr().err
+    assert "data.zarr up to date" in err and err.count("up to date") >= 4, err
+    timings = json.loads((copy / "run_timings.json").read_text())["seconds"]
+    assert list(timings) == ["data", "train", "extract", "transfer", "ahp", "solve", "evaluate"]
+    for name in ("affinity.csv", "taxonomy.json", "evaluation.csv"):
+        assert (copy / name).is_file()
+    after = _losses(copy)
+    for target, (names, losses) in before.items():
+        np.testing.assert_array_equal(after[target][1], losses)

@@ -144,7 +144,9 @@ def train_readouts(root: zarr.Group, jobs: list[ReadoutJob], cfg: TransferConfig
     with deterministic(torch.device("cpu")):
         states = [_Job(job, cfg, channels, grid, image_size, steps) for job in jobs]
         loop_start = time.perf_counter()
-        bar = tqdm(total=cfg.epochs * feed.n, desc="readouts", unit="img", disable=not progress)
+        what = jobs[0].target if len(jobs) == 1 else f"{len(jobs)} targets"
+        bar = tqdm(total=cfg.epochs * feed.n, unit="img", disable=not progress,
+                   desc=f"readouts {what} ({sum(len(j.transfers) for j in jobs)} transfers)")
         for epoch in range(cfg.epochs):
             rng = np.random.default_rng([seed, epoch])
             for lo, hi, block in feed.blocks(rng.permutation(len(feed.bounds))):
