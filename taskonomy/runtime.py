@@ -30,6 +30,10 @@ def cap_threads(n: int | None = None) -> int:
     n = default_threads() if not n else max(1, min(int(n), default_threads()))
     for var in _BLAS_VARS:
         os.environ[var] = str(n)
+    # the variables only reach a BLAS loaded after this point; NumPy's OpenBLAS is usually loaded already
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=n, user_api="blas")
     os.environ["NUMBA_NUM_THREADS"] = os.environ.get("NUMBA_NUM_THREADS", str(default_threads()))
     import numba
 
