@@ -18,13 +18,8 @@ import sys
 import tempfile
 import time
 
-# OpenBLAS fixes its thread count when NumPy loads it, so cap_threads (after the import) would come too late
-# for the numpy.linalg.eig baseline: set the variables first
-_THREADS = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv[:-1] else "2"
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, _THREADS)
-
-import numpy as np  # noqa: E402
+import numpy as np
+from _timing import best_of
 
 _FIRST_CALL = """
 import time, numpy as np
@@ -37,14 +32,6 @@ kernels.bootstrap(losses, 4)
 print(time.perf_counter() - start)
 """
 
-
-def _best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 
@@ -78,10 +65,10 @@ def bench_win_rates(kernels, reference, ns: list[int], ms: list[int], repeats: i
             losses = _losses(n, m)
             off_grid = losses * (1 + 1e-12)  # no longer float32 values: the general float64 path
             kernels.win_rates(losses[:2, :10])
-            t_numba = _best(lambda: kernels.win_rates(losses), repeats)
-            t_f64 = _best(lambda: kernels.win_rates(off_grid), repeats)
+            t_numba = best_of(lambda: kernels.win_rates(losses), repeats)
+            t_f64 = best_of(lambda: kernels.win_rates(off_grid), repeats)
             reps = max(1, min(repeats, int(2e8 // (n * n * m))))  # the slow ones once
-            t_numpy = _best(lambda: reference.win_counts(losses), reps)
+            t_numpy = best_of(lambda: reference.win_counts(losses), reps)
             table[n, m] = t_numba
             pairs = n * (n - 1) / 2 * m
             print(f"{n:>5} {m:>7} {t_numba * 1e3:>10.2f} {t_f64 * 1e3:>12.2f} {t_numpy * 1e3:>10.1f} "
@@ -92,9 +79,9 @@ def bench_win_rates(kernels, reference, ns: list[int], ms: list[int], repeats: i
 def bench_goal(kernels, reference, n: int, m: int, repeats: int) -> None:
     """The issue's goal case, also against the plain NumPy form (summing the booleans), for context."""
     losses = _losses(n, m)
-    t_numba = _best(lambda: kernels.win_rates(losses), repeats)
-    t_packed = _best(lambda: reference.win_counts(losses), repeats)
-    t_plain = _best(lambda: [(row < losses).sum(axis=1) for row in losses], repeats)
+    t_numba = best_of(lambda: kernels.win_rates(losses), repeats)
+    t_packed = best_of(lambda: reference.win_counts(losses), repeats)
+    t_plain = best_of(lambda: [(row < losses).sum(axis=1) for row in losses], repeats)
     print(f"\ngoal case n = {n}, m = {m}: Numba {t_numba * 1e3:.2f} ms; NumPy reference (packbits + popcount) "
           f"{t_packed * 1e3:.1f} ms = {t_packed / t_numba:.1f}x; NumPy summing booleans {t_plain * 1e3:.1f} ms = "
           f"{t_plain / t_numba:.1f}x")
@@ -113,8 +100,8 @@ def bench_power(kernels, reference, ns: list[int], n_targets: int, repeats: int)
     for n in ns:
         wins = [kernels.win_rates(_losses(n, 300, seed=t)) for t in range(n_targets)]
         kernels.ahp_eigenvectors(wins[:1])
-        t_numba = _best(lambda: kernels.ahp_eigenvectors(wins), repeats)
-        t_eig = _best(lambda: [reference.eig_eigenvectors(w) for w in wins], max(1, repeats // 3))
+        t_numba = best_of(lambda: kernels.ahp_eigenvectors(wins), repeats)
+        t_eig = best_of(lambda: [reference.eig_eigenvectors(w) for w in wins], max(1, repeats // 3))
         result = kernels.ahp_eigenvectors(wins)
         diff = max(np.abs(v - reference.eig_eigenvectors(w)[0]).max() for v, w in zip(result.vectors, wins))
         print(f"{n:>5} {t_numba * 1e3:>10.2f} {t_eig * 1e3:>12.1f} {t_eig / t_numba:>6.1f}x "
@@ -124,7 +111,7 @@ def bench_power(kernels, reference, ns: list[int], n_targets: int, repeats: int)
 def bench_bootstrap(kernels, n: int, m: int, resamples: int) -> None:
     losses = _losses(n, m)
     kernels.bootstrap(losses, 2)
-    seconds = _best(lambda: kernels.bootstrap(losses, resamples), 1)
+    seconds = best_of(lambda: kernels.bootstrap(losses, resamples), 1)
     print(f"\nbootstrap of one target: {resamples} resamples, n = {n}, m = {m}: {seconds:.2f} s")
 
 

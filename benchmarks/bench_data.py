@@ -18,15 +18,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _timing import best_of
 
-
-def _best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
@@ -66,15 +59,15 @@ def main() -> None:
     print(f"end to end (render + labels + compress + write): {n / elapsed:8.1f} images/s, "
           f"{written / elapsed / 1e6:6.1f} MB/s written ({written / n / 1e3:.1f} kB/image compressed)")
 
-    labels_only = _best(lambda: generate_images(data, 0, np.arange(256)), 2)
+    labels_only = best_of(lambda: generate_images(data, 0, np.arange(256)), 2)
     print(f"generate_images (no I/O), batch 256:              {256 / labels_only:8.1f} images/s")
 
     rng = np.random.default_rng(0)
     scenes = [_scene(data, 0, i) for i in range(args.reference_views)]
     cameras = [sample_camera(s, rng, math.radians(data.fov_degrees)) for s in scenes]
     render(scenes, cameras, args.size)
-    numba_s = _best(lambda: render(scenes * 16, cameras * 16, args.size), 3) / 16
-    numpy_s = _best(lambda: render_reference(scenes, cameras, args.size), 1)
+    numba_s = best_of(lambda: render(scenes * 16, cameras * 16, args.size), 3) / 16
+    numpy_s = best_of(lambda: render_reference(scenes, cameras, args.size), 1)
     k = args.reference_views
     print(f"ray caster, full buffers + shadows: Numba {k / numba_s:8.1f} views/s, "
           f"NumPy reference {k / numpy_s:8.1f} views/s, ratio {numpy_s / numba_s:6.1f}x")

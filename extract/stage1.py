@@ -201,12 +201,21 @@ def _take(mask: torch.Tensor, *tensors: torch.Tensor | None) -> list[torch.Tenso
 
 
 @torch.no_grad()
+def _per_image_losses(network: TaskNetwork, loss_fn, scaler: LabelScaler, x: torch.Tensor, x_b: torch.Tensor | None,
+                      y: torch.Tensor, device: torch.device, batch: int = EVAL_BATCH) -> torch.Tensor:
+    """Per-image losses (N,) float64 on the CPU of `network` in eval mode; batches move to `device`."""
+    out = []
+    for lo in range(0, len(x), batch):
+        second = x_b[lo:lo + batch].to(device) if x_b is not None else None
+        pred = _forward(network, x[lo:lo + batch].to(device), second)
+        out.append(loss_fn(pred, scaler.apply(y[lo:lo + batch].to(device))).double().cpu())
+    return torch.cat(out)
+
+
 def _mean_loss(network: TaskNetwork, loss_fn, scaler: LabelScaler, x: torch.Tensor, x_b: torch.Tensor | None,
                y: torch.Tensor) -> float:
     network.eval()
-    total = sum(float(loss_fn(_forward(network, x[i], x_b[i] if x_b is not None else None),
-                              scaler.apply(y[i])).double().sum())
-                for i in torch.arange(len(x), device=x.device).split(EVAL_BATCH))
+    total = float(_per_image_losses(network, loss_fn, scaler, x, x_b, y, x.device).sum())
     network.train()
     return total / len(x)
 
@@ -293,13 +302,7 @@ def test_losses(task_name: str, network: TaskNetwork, scaler: LabelScaler | dict
     y = _labels_tensor(task, raw)
     loss_fn = get_loss(task.loss)
     network = network.to(device).eval()
-    out = []
-    for lo in range(0, len(x), batch):
-        hi = min(len(x), lo + batch)
-        second = x_b[lo:hi].to(device) if x_b is not None else None
-        pred = _forward(network, x[lo:hi].to(device), second)
-        out.append(loss_fn(pred, scaler.apply(y[lo:hi].to(device))).double().cpu())
-    return torch.cat(out).numpy()
+    return _per_image_losses(network, loss_fn, scaler, x, x_b, y, device, batch).numpy()
 
 
 def _baseline_prediction(task: Task, train: np.ndarray, scaler: LabelScaler, constant: str) -> torch.Tensor:

@@ -46,6 +46,13 @@ def _say(ctx: Context, message: str) -> None:
         click.echo(message, err=True)
 
 
+def _report(ctx: Context, stage: str, outcome: dict[str, str], store: Path, start: float) -> None:
+    """What a stage did per source or target, then its store and wall time."""
+    for name, state in outcome.items():
+        _say(ctx, f"{stage}: {name:<18} {state}")
+    _say(ctx, f"{stage}: {store} ({time.perf_counter() - start:.1f} s)")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="YAML config (defaults apply to every key it leaves out).")
@@ -137,9 +144,7 @@ def extract(ctx: Context, force: bool) -> None:
     run_dir = ctx.prepare_run_dir()
     start = time.perf_counter()
     outcome = extract_all(ctx.config, run_dir, force=force, progress=ctx.progress)
-    for name, state in outcome.items():
-        _say(ctx, f"extract: {name:<18} {state}")
-    _say(ctx, f"extract: {run_dir / 'features.zarr'} ({time.perf_counter() - start:.1f} s)")
+    _report(ctx, "extract", outcome, run_dir / "features.zarr", start)
 
 
 @cli.command()
@@ -157,9 +162,7 @@ def transfer(ctx: Context, force: bool, scheduler: str | None) -> None:
     run_dir = ctx.prepare_run_dir()
     start = time.perf_counter()
     outcome = run_transfer(config, run_dir, force=force, progress=ctx.progress)
-    for name, state in outcome.items():
-        _say(ctx, f"transfer: {name:<18} {state}")
-    _say(ctx, f"transfer: {run_dir / 'transfers.zarr'} ({time.perf_counter() - start:.1f} s)")
+    _report(ctx, "transfer", outcome, run_dir / "transfers.zarr", start)
 
 
 @cli.command("add-target")

@@ -142,7 +142,7 @@ def _remote_job(features: str, job: ReadoutJob, config: dict[str, Any], size: in
     return train_readouts(zarr.open_group(features, mode="r"), [job], config.transfer, size, config.seed, block)
 
 
-def _full_and_scratch(target: _Target, data: zarr.Group, run_dir: Path, config: Config, device,
+def _full_and_scratch(target: _Target, data: zarr.Group, config: Config, device,
                       checkpoint: dict | None, progress: bool) -> int:
     """Fill the `full` row (saved at stage I) and the `scratch` row (trained now unless kept); rows trained."""
     from taskonomy.extract.stage1 import test_losses, train_task
@@ -164,8 +164,9 @@ def _full_and_scratch(target: _Target, data: zarr.Group, run_dir: Path, config: 
 
 
 def _train_rows(targets: list[_Target], wanted: dict[str, list[tuple[str, ...]]], encoders: dict[str, str],
-                features: Path, config: Config, size: int, block: int, progress: bool) -> tuple[int, TrainReport]:
-    """Train the wanted transfers whose stamps are not kept; fill every target's rows; returns rows trained."""
+                features: Path, config: Config, size: int, block: int,
+                progress: bool) -> tuple[dict[str, int], TrainReport]:
+    """Train the wanted transfers whose stamps are not kept; fill every target's rows; rows trained per target."""
     jobs = []
     for target in targets:
         missing = []
@@ -183,7 +184,37 @@ def _train_rows(targets: list[_Target], wanted: dict[str, list[tuple[str, ...]]]
         target = next(t for t in targets if t.name == job.target)
         for sources, row in zip(job.transfers, losses[job.target]):
             target.rows[transfer_name(sources)] = (_row_stamp(target.base, sources, encoders), len(sources), row)
-    return sum(len(j.transfers) for j in jobs), report
+    return {job.target: len(job.transfers) for job in jobs}, report
+
+
+def _cache_facts(features: zarr.Group, sources: list[str]) -> tuple[dict[str, str], int]:
+    """(encoder hash per source, images per feature block): what every row stamp and batch order depend on."""
+    encoders = {s: str(features[s].attrs["encoder_hash"]) for s in sources}
+    return encoders, max(features[f"{s}/transfer"].chunks[0] for s in sources)
+
+
+def _readout_config(config: Config) -> dict[str, Any]:
+    """The transfer settings that change a readout's losses (not which readouts are trained, nor where)."""
+    return config.transfer.model_dump(mode="json", exclude={"targets", "scheduler", "max_order", "beam", "scratch"})
+
+
+def _all_orders(targets: list[_Target], first: dict[str, list[tuple[str, ...]]], encoders: dict[str, str],
+                config: Config, features: Path, size: int, block: int, progress: bool,
+                after_first=None) -> tuple[dict[str, int], float]:
+    """First order, then the beam from its mean test losses; (rows trained per target, data-wait share)."""
+    trained, report = _train_rows(targets, first, encoders, features, config, size, block, progress)
+    if after_first:
+        after_first()
+    higher = {}
+    for target in targets:
+        means = {s[0]: float(target.rows[s[0]][2].mean()) for s in first[target.name]}
+        higher[target.name] = beam_transfers(sorted(means, key=means.get), config.transfer.max_order,
+                                             config.transfer.beam)
+    more, report2 = _train_rows(targets, higher, encoders, features, config, size, block, progress)
+    for name, count in more.items():
+        trained[name] = trained.get(name, 0) + count
+    wait = (report.wait_seconds + report2.wait_seconds) / max(report.train_seconds + report2.train_seconds, 1e-9)
+    return trained, wait
 
 
 def run_transfer(config: Config, run_dir: Path, force: bool = False, progress: bool = True) -> dict[str, str]:
@@ -199,11 +230,9 @@ def run_transfer(config: Config, run_dir: Path, force: bool = False, progress: b
     data_tasks = list(data.attrs["tasks"])
     sources = source_names(config, data_tasks)
     features = open_features(run_dir / "features.zarr", sources)
-    encoders = {s: str(features[s].attrs["encoder_hash"]) for s in sources}
-    block = max(features[f"{s}/transfer"].chunks[0] for s in sources)
+    encoders, block = _cache_facts(features, sources)
     size, device = int(data.attrs["image_size"]), resolve_device(config.train.device)
-    readout_cfg = config.transfer.model_dump(mode="json", exclude={"targets", "scheduler", "max_order", "beam",
-                                                                    "scratch"})
+    readout_cfg = _readout_config(config)
     path = run_dir / STORE
     store = zarr.open_group(str(path), mode="a")
     if force or store.attrs.get("data_hash") != data.attrs["config_hash"]:
@@ -223,26 +252,20 @@ def run_transfer(config: Config, run_dir: Path, force: bool = False, progress: b
         job = ReadoutJob(name, [], _split_labels(data, name, "transfer"), _split_labels(data, name, "test"),
                          scaler, seed)
         target = _Target(name, job, base, {} if force else _existing_rows(store, name), {})
-        trained[name] += _full_and_scratch(target, data, run_dir, config, device, checkpoint, progress)
+        trained[name] += _full_and_scratch(target, data, config, device, checkpoint, progress)
         targets.append(target)
     first = {t.name: [(s,) for s in sources if s != t.name] for t in targets}
-    count, report = _train_rows(targets, first, encoders, run_dir / "features.zarr", config, size, block, progress)
-    for target in targets:
-        trained[target.name] += sum(1 for s in first[target.name]
-                                    if target.kept.get(transfer_name(s), ("",))[0] != target.rows[transfer_name(s)][0])
-        _write_target(store, target, complete=False, loss=registry.get(target.name).loss)
-    higher = {}
-    for target in targets:
-        means = {s[0]: float(target.rows[s[0]][2].mean()) for s in first[target.name]}
-        higher[target.name] = beam_transfers(sorted(means, key=means.get), config.transfer.max_order,
-                                             config.transfer.beam)
-    _, report2 = _train_rows(targets, higher, encoders, run_dir / "features.zarr", config, size, block, progress)
-    for target in targets:
-        trained[target.name] += sum(1 for s in higher[target.name]
-                                    if target.kept.get(transfer_name(s), ("",))[0] != target.rows[transfer_name(s)][0])
-        _write_target(store, target, complete=True, loss=registry.get(target.name).loss)
-    store.attrs.update({"complete": True, "wait_share": (report.wait_seconds + report2.wait_seconds)
-                        / max(report.train_seconds + report2.train_seconds, 1e-9)})
+
+    def write(complete: bool) -> None:
+        for target in targets:
+            _write_target(store, target, complete=complete, loss=registry.get(target.name).loss)
+
+    rows, wait = _all_orders(targets, first, encoders, config, run_dir / "features.zarr", size, block, progress,
+                             after_first=lambda: write(complete=False))
+    write(complete=True)
+    for name, count in rows.items():
+        trained[name] += count
+    store.attrs.update({"complete": True, "wait_share": wait})
     return {t.name: (f"{trained[t.name]} transfers trained, {len(t.rows) - trained[t.name]} kept"
                      if trained[t.name] else "up to date") for t in targets}
 
@@ -262,23 +285,16 @@ def run_added(config: Config, run_dir: Path, task: registry.Task, labels: np.nda
 
     data = open_data(run_dir / "data.zarr")
     features = zarr.open_group(str(run_dir / "features.zarr"), mode="r")
-    encoders = {s: str(features[s].attrs["encoder_hash"]) for s in sources}
-    block = max(features[f"{s}/transfer"].chunks[0] for s in sources)
+    encoders, block = _cache_facts(features, sources)
     split = {s: labels[data[f"splits/{s}"][:]] for s in ("train", "transfer", "test")}
     scaler = fit_scaler(task, split["train"]).as_dict()
     seed = _target_seed(config.seed, task.name)
-    readout_cfg = config.transfer.model_dump(mode="json", exclude={"targets", "scheduler", "max_order", "beam",
-                                                                    "scratch"})
     labels_hash = hashlib.sha256(np.ascontiguousarray(labels).tobytes()).hexdigest()
-    base = content_hash(TRANSFER_VERSION, data.attrs["config_hash"], readout_cfg, seed, task.name, scaler, block,
-                        labels_hash, labels.shape, str(labels.dtype))
+    base = content_hash(TRANSFER_VERSION, data.attrs["config_hash"], _readout_config(config), seed, task.name, scaler,
+                        block, labels_hash, labels.shape, str(labels.dtype))
     target = _Target(task.name, ReadoutJob(task.name, [], split["transfer"], split["test"], scaler, seed), base, {}, {})
-    first = {task.name: [(s,) for s in sources]}
-    size = int(data.attrs["image_size"])
-    _train_rows([target], first, encoders, run_dir / "features.zarr", config, size, block, progress)
-    means = {s[0]: float(target.rows[s[0]][2].mean()) for s in first[task.name]}
-    higher = {task.name: beam_transfers(sorted(means, key=means.get), config.transfer.max_order, config.transfer.beam)}
-    _train_rows([target], higher, encoders, run_dir / "features.zarr", config, size, block, progress)
+    _all_orders([target], {task.name: [(s,) for s in sources]}, encoders, config, run_dir / "features.zarr",
+                int(data.attrs["image_size"]), block, progress)
     writable = zarr.open_group(str(run_dir / STORE), mode="a")
     _write_target(writable, target, complete=True, loss=task.loss)
     names = [t for t in writable.attrs["targets"] if t != task.name] + [task.name]

@@ -70,10 +70,15 @@ class TrainReport:
         return self.wait_seconds / self.train_seconds if self.train_seconds else 0.0
 
 
+def _source_paths(source: str, target: str, split: str) -> list[str]:
+    """features.zarr arrays a readout into `target` reads from `source`: the view, and the second view of a pair."""
+    pair = registry.get(target).head == "pair"
+    return [f"{source}/{split}"] + ([f"{source}/views/{target}/{split}"] if pair else [])
+
+
 def _input_paths(job: ReadoutJob, split: str) -> list[str]:
     sources = dict.fromkeys(s for transfer in job.transfers for s in transfer)
-    pair = registry.get(job.target).head == "pair"
-    return [p for s in sources for p in ([f"{s}/{split}"] + ([f"{s}/views/{job.target}/{split}"] if pair else []))]
+    return [p for s in sources for p in _source_paths(s, job.target, split)]
 
 
 def _standardise(block: np.ndarray, stats: tuple[np.ndarray, np.ndarray], grid: int) -> torch.Tensor:
@@ -108,8 +113,7 @@ class _Job:
         """(B, G, width, h, w): each transfer's sources concatenated, zero-padded to the group's width."""
         groups = []
         for transfer in self.job.transfers:
-            parts = [features[p][rows] for s in transfer
-                     for p in ([f"{s}/{split}"] + ([f"{s}/views/{self.job.target}/{split}"] if self.pair else []))]
+            parts = [features[p][rows] for s in transfer for p in _source_paths(s, self.job.target, split)]
             x = torch.cat(parts, dim=1)
             groups.append(F.pad(x, (0, 0, 0, 0, 0, self.width - x.shape[1])))
         return torch.stack(groups, dim=1)
