@@ -105,7 +105,9 @@ def _write_chunk(out: zarr.Array, c: int, lo: int, hi: int, block: np.ndarray) -
 def extract_features(path: str | Path, data: zarr.Group, sources: list[Source], batch: int = 256,
                      chunk_images: int | str = "auto", force: bool = False, progress: bool = True) -> dict[str, str]:
     """Fill features.zarr at `path` for `sources`; returns {source: 'extracted' | 'resumed' | 'up to date'}."""
-    data_hash = str(data.attrs.get("config_hash", data.attrs.get("imported_from", "")))
+    from taskonomy.scenes.dataset import data_hash as identify
+
+    data_hash = identify(data)
     root = zarr.open_group(str(path), mode="a")
     if root.attrs.get("data_hash") not in (None, data_hash):
         root = zarr.open_group(str(path), mode="w")  # every cached feature belongs to other data
@@ -140,11 +142,14 @@ def _clear_progress(group: zarr.Group) -> None:
         _clear_progress(sub)
 
 
-def open_features(path: str | Path, sources: list[str] | None = None) -> zarr.Group:
-    """features.zarr read-only; refuses it, or any requested source, when incomplete."""
+def open_features(path: str | Path, sources: list[str] | None = None, data_hash: str | None = None) -> zarr.Group:
+    """features.zarr read-only; refuses it, or any requested source, when incomplete or made from other data."""
     from taskonomy.store import open_complete
 
     root = open_complete(path, "taskonomy extract")
+    if data_hash is not None and root.attrs.get("data_hash") != data_hash:
+        raise TaskonomyError(f"{path} was made from another data.zarr (data hash {root.attrs.get('data_hash')} != "
+                             f"{data_hash}); run `taskonomy extract` to redo it")
     for name in sources or []:
         if name not in root or not root[name].attrs.get("complete"):
             raise TaskonomyError(f"{path}: source {name!r} has no complete features; run `taskonomy extract`")

@@ -25,7 +25,7 @@ from taskonomy.extract.features import Source, extract_features
 from taskonomy.extract.networks import build_network, prepare_images
 from taskonomy.extract.stage1 import (baseline_losses, quality_row, resolve_device, restore_network, test_losses,
                                       train_task)
-from taskonomy.scenes.dataset import open_data
+from taskonomy.scenes.dataset import data_hash, open_data
 
 __all__ = ["STAGE1_VERSION", "build_sources", "extract_all", "source_names", "train_all"]
 
@@ -59,11 +59,11 @@ def _task_seed(seed: int, task: str) -> int:
 
 def train_all(config: Config, run_dir: Path, force: bool = False, progress: bool = True) -> list[dict]:
     """Train (or keep) one network per source task; writes the quality table; returns its rows."""
-    data = open_data(run_dir / "data.zarr")
+    data = open_data(run_dir / "data.zarr", config)
     device = resolve_device(config.train.device)
     rows = []
     for task in trained_tasks(config, list(data.attrs["tasks"])):
-        path, stamp = checkpoint_path(run_dir, task), _model_hash(config, data.attrs["config_hash"], task)
+        path, stamp = checkpoint_path(run_dir, task), _model_hash(config, data_hash(data), task)
         if not force and stored_hash(path) == stamp:
             rows.append({**load_checkpoint(path)["quality"], "status": "up to date"})
             continue
@@ -117,8 +117,10 @@ def _file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def build_sources(config: Config, run_dir: Path, names: list[str], size: int, device: torch.device) -> list[Source]:
-    """The frozen encoders named `names`, each with the hash of what defines it."""
+def build_sources(config: Config, run_dir: Path, names: list[str], size: int, device: torch.device,
+                  data_stamp: str | None = None) -> list[Source]:
+    """The frozen encoders named `names`, each with the hash of what defines it; with `data_stamp` (the data's
+    hash), a stage I checkpoint trained for another config, data or code version is refused."""
     from taskonomy.extract.visualpriors import load_taskonomy_encoder, preprocess
 
     sources, any_rgb_task = [], registry.get("autoencoding")
@@ -138,16 +140,20 @@ def build_sources(config: Config, run_dir: Path, names: list[str], size: int, de
                                          device, size, prepare=lambda x, resize=resize: preprocess(x, resize)))
         else:
             path = checkpoint_path(run_dir, name)
-            network = restore_network(name, config.train, size, load_checkpoint(path)["state_dict"])
+            payload = load_checkpoint(path)
+            if data_stamp is not None and payload["hash"] != _model_hash(config, data_stamp, name):
+                raise TaskonomyError(f"checkpoint {path} was trained for another config, data or code version; "
+                                     f"run `taskonomy train` to retrain it")
+            network = restore_network(name, config.train, size, payload["state_dict"])
             sources.append(_torch_source(name, _file_hash(path), network.encoder, device, size))
     return sources
 
 
 def extract_all(config: Config, run_dir: Path, force: bool = False, progress: bool = True) -> dict[str, str]:
     """Fill features.zarr with every source; returns {source: outcome}."""
-    data = open_data(run_dir / "data.zarr")
+    data = open_data(run_dir / "data.zarr", config)
     device = resolve_device(config.train.device)
     names = source_names(config, list(data.attrs["tasks"]))
-    sources = build_sources(config, run_dir, names, int(data.attrs["image_size"]), device)
+    sources = build_sources(config, run_dir, names, int(data.attrs["image_size"]), device, data_hash(data))
     return extract_features(run_dir / "features.zarr", data, sources, batch=config.extract.batch,
                             chunk_images=config.extract.chunk_images, force=force, progress=progress)

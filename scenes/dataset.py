@@ -28,8 +28,8 @@ from taskonomy.scenes.scene import Buffers, Scene, pair_cameras, sample_camera, 
 from taskonomy.store import (bytes_per_image, chunk_length, create_image_array, mark_complete, open_complete,
                              open_for_writing)
 
-__all__ = ["GENERATOR_VERSION", "build_data", "generate_images", "make_splits", "open_data", "plan_arrays",
-           "write_arrays"]
+__all__ = ["GENERATOR_VERSION", "build_data", "data_hash", "generate_images", "make_splits", "open_data",
+           "plan_arrays", "write_arrays"]
 
 GENERATOR_VERSION = "1"
 DERIVED_INPUTS = ("gray", "noisy", "masked", "permuted")
@@ -149,6 +149,7 @@ def build_data(config: Config, path: str | Path, force: bool = False, progress: 
     """Make data.zarr at `path`: 'built', 'resumed', or 'up to date' when it already matches the config."""
     path, data = Path(path), config.data
     attrs = _attrs(config)
+    splits = make_splits(data, config.seed)  # an empty split is refused before anything is written
     state = _existing(path, attrs, force)
     if state == "done":
         return "up to date"
@@ -171,7 +172,7 @@ def build_data(config: Config, path: str | Path, force: bool = False, progress: 
     bar = tqdm(total=data.n_images, initial=data.n_images - remaining, unit="img", desc="data", disable=not progress)
     _generate_chunks(config, group, todo, chunk, bar.update)
     bar.close()
-    for name, indices in make_splits(data, config.seed).items():
+    for name, indices in splits.items():
         create_image_array(group, f"splits/{name}", indices.shape, "int64", max(1, len(indices)))[:] = indices
     del group.attrs["chunks_done"]
     mark_complete(group)
@@ -223,6 +224,22 @@ def write_arrays(path: str | Path, arrays: dict[str, np.ndarray], attrs: dict[st
     mark_complete(group)
 
 
-def open_data(path: str | Path) -> zarr.Group:
-    """data.zarr, read-only, refusing an incomplete or unreadable store."""
-    return open_complete(path, "taskonomy data")
+def open_data(path: str | Path, config: Config | None = None) -> zarr.Group:
+    """data.zarr, read-only, refusing an incomplete or unreadable store, or one generated from another config."""
+    data = open_complete(path, "taskonomy data")
+    if config is not None and "config_hash" in data.attrs:  # an imported store has none: the config made nothing
+        expected = _attrs(config)["config_hash"]
+        if data.attrs["config_hash"] != expected:
+            raise TaskonomyError(f"{path} was made from another config or generator version (hash "
+                                 f"{data.attrs['config_hash']} != {expected}); run `taskonomy data --force` to "
+                                 f"rebuild it for this config")
+    for split in ("train", "transfer", "test") if config is not None else ():  # the stages need every split
+        if f"splits/{split}" not in data or data[f"splits/{split}"].shape[0] == 0:
+            raise TaskonomyError(f"{path} has no {split} images (array splits/{split} is missing or empty); the "
+                                 f"stages need train, transfer and test images")
+    return data
+
+
+def data_hash(data: zarr.Group) -> str:
+    """What identifies a data.zarr to later stages: its config hash, or the folder it was imported from."""
+    return str(data.attrs.get("config_hash", data.attrs.get("imported_from", "")))

@@ -30,15 +30,49 @@ class Context:
     progress: bool
 
     def prepare_run_dir(self) -> Path:
-        """Create the run folder, prove it is writable, and save the resolved config in it."""
+        """Create the run folder, lock it, prove it is writable, and save the resolved config in it."""
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.hold()
             tmp = self.run_dir / ".config.yaml.tmp"
             tmp.write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
             os.replace(tmp, self.run_dir / "config.yaml")
         except OSError as err:
             raise TaskonomyError(f"cannot write run folder {self.run_dir}: {err.strerror or err}") from None
         return self.run_dir
+
+    def hold(self) -> None:
+        """Hold <run-dir>/.lock until the current command ends: a second writer on this folder is refused."""
+        click_ctx = click.get_current_context(silent=True)
+        if click_ctx is None or not self.run_dir.is_dir():  # not the CLI, or nothing there yet to protect
+            return
+        from taskonomy.lock import acquire, release
+
+        acquire(self.run_dir, f"taskonomy {click_ctx.info_name}")
+        click_ctx.call_on_close(lambda: release(self.run_dir))
+
+
+class _RunCommand(click.Command):
+    """A subcommand: it writes into the run folder, so it holds the folder's lock while it runs; and when a
+    read fails, a damaged store of the run is reported by name instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        ctx.obj.hold()
+        try:
+            return super().invoke(ctx)
+        except (TaskonomyError, click.ClickException, click.exceptions.Abort, click.exceptions.Exit):
+            raise
+        except Exception:  # e.g. Zarr's crc32c codec: "Stored and computed checksum do not match"
+            from taskonomy.store import damage_error
+
+            error = damage_error(ctx.obj.run_dir)
+            if error is None:
+                raise
+            raise error from None
+
+
+class _Cli(click.Group):
+    command_class = _RunCommand
 
 
 def _say(ctx: Context, message: str) -> None:
@@ -53,7 +87,7 @@ def _report(ctx: Context, stage: str, outcome: dict[str, str], store: Path, star
     _say(ctx, f"{stage}: {store} ({time.perf_counter() - start:.1f} s)")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="YAML config (defaults apply to every key it leaves out).")
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None,

@@ -107,6 +107,11 @@ class TrainConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tasks: list[str] | Literal["all"] = Field("all", description="source tasks to train; 'all' = every data task")
 
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, value: list[str] | str) -> list[str] | str:
+        return _registered(value, "task")
+
 
 class ExtractConfig(_Strict):
     """The feature cache: every frozen encoder run once over every split."""
@@ -150,6 +155,24 @@ def _task_names(value: list[str], what: str) -> list[str]:
     for name in value:
         try:
             name = registry.resolve_alias(registry.validate_name(name))
+        except registry.TaskonomyError as err:
+            raise ValueError(str(err)) from None
+        if name in names:
+            raise ValueError(f"{what} {name!r} is listed twice")
+        names.append(name)
+    return names
+
+
+def _registered(value: list[str] | str, what: str) -> list[str] | str:
+    """'all', or registered tasks (aliases resolved), each listed once: stage I and II run only those."""
+    if value == "all":
+        return value
+    if not value:
+        raise ValueError("expected at least one task, or 'all'")
+    names = []
+    for name in value:
+        try:
+            name = registry.get(registry.validate_name(name)).name
         except registry.TaskonomyError as err:
             raise ValueError(str(err)) from None
         if name in names:
@@ -202,6 +225,11 @@ class TransferConfig(_Strict):
     scratch: bool = Field(True, description="also train the scratch baseline (encoder + readout on the transfer split)")
     scheduler: str | None = Field(None, description="dask.distributed scheduler address; none = in process")
 
+    @field_validator("targets")
+    @classmethod
+    def _known_targets(cls, value: list[str] | str) -> list[str] | str:
+        return _registered(value, "target")
+
 
 class Config(_Strict):
     """A whole run's configuration. Later stages add their sections here."""
@@ -247,6 +275,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             text = path.read_text()
         except OSError as err:
             raise TaskonomyError(f"cannot read config {path}: {err.strerror or err}") from None
+        except UnicodeDecodeError as err:
+            raise TaskonomyError(f"{path}: not valid YAML (not UTF-8 text: byte {err.start})") from None
         try:
             raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as err:

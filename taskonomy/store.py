@@ -7,10 +7,12 @@ that is resumed or redone, never read.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
 
+import google_crc32c  # the checksum of zarr's crc32c codec (a dependency of zarr)
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
@@ -18,9 +20,11 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from taskonomy import TaskonomyError
 
 __all__ = [
-    "CHUNK_BYTES", "chunk_length", "codecs", "create_image_array", "is_complete", "mark_complete",
-    "open_complete", "open_for_writing",
+    "CHUNK_BYTES", "REBUILD", "chunk_length", "codecs", "create_image_array", "damage_error", "find_damage",
+    "is_complete", "mark_complete", "open_complete", "open_for_writing",
 ]
+
+REBUILD = {"data.zarr": "taskonomy data", "features.zarr": "taskonomy extract", "transfers.zarr": "taskonomy transfer"}
 
 CHUNK_BYTES = 16 * 2**20  # ~16 MB uncompressed per chunk of the widest array (DESIGN.md: 10-100 MB); small
 # enough that a stage writes several chunks and overlaps their compression with the next chunk's compute
@@ -68,6 +72,9 @@ def open_complete(path: str | Path, rebuild: str) -> zarr.Group:
                              f"`{rebuild} --force`") from None
     if not group.attrs.get("complete", False):
         raise TaskonomyError(f"{path} is incomplete (a run was interrupted); run `{rebuild}` to finish it")
+    problem = _check_inventory(path, group.attrs.get("arrays"))
+    if problem:
+        raise TaskonomyError(f"{path}: {problem}; rebuild it with `{rebuild} --force`")
     return group
 
 
@@ -79,8 +86,69 @@ def open_for_writing(path: str | Path, attrs: dict[str, Any]) -> zarr.Group:
 
 
 def mark_complete(group: zarr.Group) -> None:
-    """The last write of a stage."""
-    group.attrs["complete"] = True
+    """The last write of a stage: the inventory of the group's arrays (path -> shape) and `complete`, at once."""
+    arrays = {name: list(node.shape) for name, node in sorted(group.members(max_depth=None), key=lambda m: m[0])
+              if isinstance(node, zarr.Array)}  # sorted: the listing's order is the file system's
+    group.attrs.update({"arrays": arrays, "complete": True})
+
+
+def _metadata(path: Path) -> dict[str, Any]:
+    return json.loads((path / "zarr.json").read_bytes())
+
+
+def _check_inventory(path: Path, arrays: dict[str, list[int]] | None) -> str | None:
+    """What is wrong with the arrays a complete store lists (gone, unreadable metadata, another shape), if any."""
+    for name, shape in (arrays or {}).items():  # stores written before inventories existed list none
+        try:
+            found = _metadata(path / name).get("shape")
+        except FileNotFoundError:
+            return f"array {name} is missing"
+        except (OSError, ValueError):
+            return f"the metadata of array {name} is unreadable"
+        if found != shape:
+            return f"array {name} has shape {found}, expected {shape}"
+    return None
+
+
+def find_damage(path: str | Path) -> str | None:
+    """The first damaged part of the store at `path`, in words, or None when every byte checks out.
+
+    Reads every chunk once (only after a read failed): unreadable metadata, a chunk failing its CRC32C
+    checksum (the codec appends it to the chunk's bytes), or an array of the inventory that is gone.
+    """
+    path = Path(path)
+    for meta_file in sorted(path.rglob("zarr.json")):
+        node = meta_file.parent
+        name = node.relative_to(path).as_posix() if node != path else "the root group"
+        try:
+            meta = json.loads(meta_file.read_bytes())
+        except (OSError, ValueError):
+            return f"the metadata of {name} is unreadable"
+        if meta.get("node_type") != "array" or not meta.get("codecs") or meta["codecs"][-1].get("name") != "crc32c":
+            continue
+        for chunk in sorted(p for p in (node / "c").rglob("*") if p.is_file()):
+            blob = chunk.read_bytes()
+            if len(blob) < 4 or google_crc32c.value(blob[:-4]) != int.from_bytes(blob[-4:], "little"):
+                key = chunk.relative_to(node / "c").as_posix()
+                step = meta["chunk_grid"]["configuration"]["chunk_shape"][0]  # chunked along images only
+                lo = int(key.split("/")[0]) * step
+                images = f"images {lo} to {min(lo + step, meta['shape'][0]) - 1}"
+                return f"array {name}, chunk {key} ({images}), fails its CRC32C checksum (truncated or garbled)"
+    try:
+        return _check_inventory(path, _metadata(path).get("attributes", {}).get("arrays"))
+    except (OSError, ValueError):
+        return "the metadata of the root group is unreadable"
+
+
+def damage_error(run_dir: str | Path) -> TaskonomyError | None:
+    """After a read failed: the first damaged store of the run folder as a one-line error naming the store,
+    the array and the command that rebuilds it; None when the run's stores are sound."""
+    for store, command in REBUILD.items():
+        path = Path(run_dir) / store
+        problem = find_damage(path) if path.is_dir() else None
+        if problem:
+            return TaskonomyError(f"{path}: {problem}; rebuild it with `{command} --force`")
+    return None
 
 
 def bytes_per_image(shape: tuple[int, ...], dtype: str) -> int:

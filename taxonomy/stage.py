@@ -109,7 +109,17 @@ def read_affinity(run_dir: Path) -> Affinity:
     if not targets:
         raise TaskonomyError(f"{path}: no target rows")
     sources = {s for c in columns if c not in _BASELINES for s in c.split("+")}
+    # a target with a `full` transfer was supervised in stage I: a source too, even when nothing else reads it
+    # (a dictionary of one task has no other column naming it)
+    sources |= {tr.target for tr in transfers if tr.sources == (tr.target,) and _may_be_supervised(tr.target)}
     return Affinity(path, targets, transfers, _registry_order(sources))
+
+
+def _may_be_supervised(name: str) -> bool:
+    try:
+        return registry.get(name).is_source
+    except TaskonomyError:  # not in the dictionary: a target added from the cache, never supervised
+        return False
 
 
 def _parse_row(target: str, columns: list[str], cells: list[str], where: str) -> list[Transfer]:

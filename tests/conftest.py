@@ -52,3 +52,16 @@ def tiny_run(tiny_config, tiny_data, tmp_path_factory) -> Path:
     args = ["-q", "--config", str(ROOT / "configs" / "tiny.yaml"), "--run-dir", str(run_dir)]
     assert main([*args, "train"]) == 0 and main([*args, "extract"]) == 0
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def faults_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(config, run folder): every stage of the small fault-suite config (tests/_faults.py), run uninterrupted in
+    this process: the reference that killed and resumed runs must equal (read-only: copy it)."""
+    from _faults import cli, write_config
+
+    folder = tmp_path_factory.mktemp("faults")
+    config = write_config(folder)
+    assert cli(config, folder / "run", "run") == 0
+    cap_threads(2)  # the config runs on one thread; the rest of the suite expects two
+    return config, folder / "run"

@@ -89,8 +89,15 @@ def load_added_targets(run_dir: str | Path) -> list[Task]:
     if not path.is_file():
         return []
     out = []
-    for entry in json.loads(path.read_text()):
-        task = Task(**{**entry, "aliases": tuple(entry.get("aliases", ()))})
+    try:
+        entries = json.loads(path.read_text())
+        tasks = [Task(**{**entry, "aliases": tuple(entry.get("aliases", ()))}) for entry in entries]
+    except TaskonomyError as err:
+        raise TaskonomyError(f"{path}: {err}") from None
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        raise TaskonomyError(f"{path} is unreadable ({type(err).__name__}); remove it and add the targets again "
+                             f"with `taskonomy add-target`") from None
+    for task in tasks:
         registry.register(task, replace=True)
         out.append(task)
     return out
@@ -118,7 +125,7 @@ def add_target(config: Config, run_dir: str | Path, name: str, loss: str, labels
     """Register `name` from `labels` (or `label_fn(data.zarr)`), train its readouts from the cache, append it."""
     from taskonomy.extract.features import open_features
     from taskonomy.extract.pipeline import source_names
-    from taskonomy.scenes.dataset import open_data
+    from taskonomy.scenes.dataset import data_hash, open_data
     from taskonomy.transfer import stage
 
     run_dir = Path(run_dir)
@@ -129,8 +136,11 @@ def add_target(config: Config, run_dir: str | Path, name: str, loss: str, labels
     if known is not None and not (force and known.group == "added"):
         raise TaskonomyError(f"task name {name!r} is taken by an existing task; choose another name"
                              + (" or pass --force to replace the added target" if known.group == "added" else ""))
-    data = open_data(run_dir / "data.zarr")
+    data = open_data(run_dir / "data.zarr", config)
     transfers = stage.open_transfers(run_dir / stage.STORE)
+    if transfers.attrs.get("data_hash") != data_hash(data):
+        raise TaskonomyError(f"{run_dir / stage.STORE} was made from another data.zarr; run `taskonomy transfer` "
+                             f"to redo it before adding targets")
     if labels is None:
         if label_fn is None:
             raise TaskonomyError(f"add-target {name}: give labels or a label function")
@@ -139,7 +149,7 @@ def add_target(config: Config, run_dir: str | Path, name: str, loss: str, labels
     task = _task_for(name, labels, loss, int(data.attrs["n_images"]), int(data.attrs["image_size"]), origin)
     labels = labels.astype(task.store_dtype)
     sources = source_names(config, list(data.attrs["tasks"]))
-    open_features(run_dir / "features.zarr", sources)  # every source cached, or a one-line error
+    open_features(run_dir / "features.zarr", sources, data_hash(data))  # every source cached, or a one-line error
     registry.register(task, replace=True)
     try:
         outcome = stage.run_added(config, run_dir, task, labels, sources, transfers, progress)

@@ -30,6 +30,7 @@ import zarr
 from taskonomy import TaskonomyError
 from taskonomy import tasks as registry
 from taskonomy.config import Config, content_hash
+from taskonomy.store import codecs, mark_complete
 from taskonomy.transfer.train import ReadoutJob, TrainReport, train_readouts
 
 __all__ = ["STORE", "TRANSFER_VERSION", "beam_transfers", "open_transfers", "run_transfer", "transfer_name",
@@ -103,7 +104,7 @@ def _write_target(store: zarr.Group, target: _Target, complete: bool, loss: str)
     order = sorted(target.rows.items(), key=lambda kv: (kv[0] == "scratch", kv[1][1] if kv[0] != "full" else -1))
     losses = np.stack([r[2] for _, r in order]).astype(np.float64)
     group = store.create_group(target.name, overwrite=True)
-    array = group.create_array("losses", shape=losses.shape, dtype="float64", chunks=losses.shape)
+    array = group.create_array("losses", shape=losses.shape, dtype="float64", chunks=losses.shape, **codecs())
     array[...] = losses
     group.attrs.update({"transfers": [n for n, _ in order], "orders": [r[1] for _, r in order],
                         "stamps": [r[0] for _, r in order], "stamp": target.base, "loss": loss,
@@ -223,32 +224,34 @@ def run_transfer(config: Config, run_dir: Path, force: bool = False, progress: b
     from taskonomy.extract.features import open_features
     from taskonomy.extract.pipeline import source_names
     from taskonomy.extract.stage1 import fit_scaler, resolve_device
-    from taskonomy.scenes.dataset import open_data
+    from taskonomy.scenes.dataset import data_hash, open_data
 
     run_dir = Path(run_dir)
-    data = open_data(run_dir / "data.zarr")
+    data = open_data(run_dir / "data.zarr", config)
     data_tasks = list(data.attrs["tasks"])
     sources = source_names(config, data_tasks)
-    features = open_features(run_dir / "features.zarr", sources)
+    features = open_features(run_dir / "features.zarr", sources, data_hash(data))
     encoders, block = _cache_facts(features, sources)
     size, device = int(data.attrs["image_size"]), resolve_device(config.train.device)
     readout_cfg = _readout_config(config)
+    names = transfer_targets(config, data_tasks)
+    # every checkpoint is read before the store is touched: a refused one leaves a finished store as it was
+    ckpts = {name: checkpoint_path(run_dir, name) for name in names}
+    checkpoints = {name: load_checkpoint(ckpt) if ckpt.is_file() else None for name, ckpt in ckpts.items()}
     path = run_dir / STORE
     store = zarr.open_group(str(path), mode="a")
-    if force or store.attrs.get("data_hash") != data.attrs["config_hash"]:
+    if force or store.attrs.get("data_hash") != data_hash(data):
         store = zarr.open_group(str(path), mode="w")
-    names = transfer_targets(config, data_tasks)
-    store.attrs.update({"data_hash": data.attrs["config_hash"], "complete": False, "targets": names,
+    store.attrs.update({"data_hash": data_hash(data), "complete": False, "targets": names,
                         "sources": sources, "test_index": [int(i) for i in data["splits/test"][:]],
                         "loss": {t: registry.get(t).loss for t in names}})
     targets, trained = [], dict.fromkeys(names, 0)
     for name in names:
-        ckpt = checkpoint_path(run_dir, name)
-        checkpoint = load_checkpoint(ckpt) if ckpt.is_file() else None
+        checkpoint = checkpoints[name]
         scaler = checkpoint["scaler"] if checkpoint else fit_scaler(registry.get(name),
                                                                     _split_labels(data, name, "train")).as_dict()
         seed = _target_seed(config.seed, name)
-        base = content_hash(TRANSFER_VERSION, data.attrs["config_hash"], readout_cfg, seed, name, scaler, block)
+        base = content_hash(TRANSFER_VERSION, data_hash(data), readout_cfg, seed, name, scaler, block)
         job = ReadoutJob(name, [], _split_labels(data, name, "transfer"), _split_labels(data, name, "test"),
                          scaler, seed)
         target = _Target(name, job, base, {} if force else _existing_rows(store, name), {})
@@ -265,7 +268,8 @@ def run_transfer(config: Config, run_dir: Path, force: bool = False, progress: b
     write(complete=True)
     for name, count in rows.items():
         trained[name] += count
-    store.attrs.update({"complete": True, "wait_share": wait})
+    store.attrs["wait_share"] = wait
+    mark_complete(store)
     return {t.name: (f"{trained[t.name]} transfers trained, {len(t.rows) - trained[t.name]} kept"
                      if trained[t.name] else "up to date") for t in targets}
 
@@ -281,7 +285,7 @@ def run_added(config: Config, run_dir: Path, task: registry.Task, labels: np.nda
               store: zarr.Group, progress: bool = True) -> str:
     """Readouts of an added target from every cached source (first order, then the beam); appended whole."""
     from taskonomy.extract.stage1 import fit_scaler
-    from taskonomy.scenes.dataset import open_data
+    from taskonomy.scenes.dataset import data_hash, open_data
 
     data = open_data(run_dir / "data.zarr")
     features = zarr.open_group(str(run_dir / "features.zarr"), mode="r")
@@ -290,14 +294,18 @@ def run_added(config: Config, run_dir: Path, task: registry.Task, labels: np.nda
     scaler = fit_scaler(task, split["train"]).as_dict()
     seed = _target_seed(config.seed, task.name)
     labels_hash = hashlib.sha256(np.ascontiguousarray(labels).tobytes()).hexdigest()
-    base = content_hash(TRANSFER_VERSION, data.attrs["config_hash"], _readout_config(config), seed, task.name, scaler,
+    base = content_hash(TRANSFER_VERSION, data_hash(data), _readout_config(config), seed, task.name, scaler,
                         block, labels_hash, labels.shape, str(labels.dtype))
     target = _Target(task.name, ReadoutJob(task.name, [], split["transfer"], split["test"], scaler, seed), base, {}, {})
     _all_orders([target], {task.name: [(s,) for s in sources]}, encoders, config, run_dir / "features.zarr",
                 int(data.attrs["image_size"]), block, progress)
     writable = zarr.open_group(str(run_dir / STORE), mode="a")
+    # a target replaced (--force) and killed midway must not be taken for a damaged store
+    writable.attrs["arrays"] = {k: v for k, v in writable.attrs.get("arrays", {}).items()
+                                if not k.startswith(f"{task.name}/")}
     _write_target(writable, target, complete=True, loss=task.loss)
     names = [t for t in writable.attrs["targets"] if t != task.name] + [task.name]
     writable.attrs.update({"targets": names, "loss": {**writable.attrs["loss"], task.name: task.loss},
                            "added": sorted({*writable.attrs.get("added", []), task.name})})
+    mark_complete(writable)  # the inventory now lists the added target's losses
     return f"{len(target.rows)} transfers trained from the cache"
