@@ -31,7 +31,7 @@ from taskonomy.store import (bytes_per_image, chunk_length, create_image_array, 
 __all__ = ["GENERATOR_VERSION", "build_data", "data_hash", "generate_images", "make_splits", "open_data",
            "plan_arrays", "write_arrays"]
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"  # 2: colorization labels are chroma bins
 DERIVED_INPUTS = ("gray", "noisy", "masked", "permuted")
 
 

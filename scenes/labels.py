@@ -53,6 +53,7 @@ from taskonomy import TaskonomyError
 from taskonomy import tasks as registry
 from taskonomy.scenes import _label_kernels as kern
 from taskonomy.scenes._kmeans import kmeans, paint, segment_means
+from taskonomy.tasks import CHROMA_EDGES
 from taskonomy.scenes.scene import N_ROOM_FACES, Buffers, Camera, Scene
 
 __all__ = [
@@ -290,10 +291,27 @@ def _point_matching(c: _Batch) -> np.ndarray:
     return close.astype(np.float32)[:, None]
 
 
+def chroma_bins(chroma: np.ndarray) -> np.ndarray:
+    """(2, B, S, S) chroma U, V -> (B, S, S) uint8 bin index 8 * u_bin + v_bin (tasks.CHROMA_EDGES)."""
+    u, v = (np.searchsorted(np.asarray(e, np.float32), c, side="right") for e, c in zip(CHROMA_EDGES, chroma))
+    return (u * (len(CHROMA_EDGES[1]) + 1) + v).astype(np.uint8)
+
+
+def chroma_of_bins(bins: np.ndarray) -> np.ndarray:
+    """The inverse for drawing: (B..., S, S) bin indices -> (2, B..., S, S) a representative U, V per bin."""
+    centres = []
+    for edges in CHROMA_EDGES:
+        e = np.asarray(edges, np.float64)
+        outer = np.concatenate([[e[0] - (e[1] - e[0])], e, [e[-1] + (e[-1] - e[-2])]])
+        centres.append(((outer[:-1] + outer[1:]) / 2).astype(np.float32))
+    k = len(CHROMA_EDGES[1]) + 1
+    return np.stack([centres[0][bins // k], centres[1][bins % k]])
+
+
 # Dense labels come back float32 and channel-major, (C, B, S, S); make_labels casts them all in one go.
 _LABELS = {
     "autoencoding": lambda c: c.image, "denoising": lambda c: c.image, "inpainting": lambda c: c.image,
-    "colorization": lambda c: c.channels(kern.CHROMA, 2),
+    "colorization": lambda c: chroma_bins(c.channels(kern.CHROMA, 2)),
     "jigsaw": lambda c: np.asarray(c.jigsaw, np.uint8),
     "edge_texture": lambda c: c.image_structure[0][None],
     "keypoints2d": lambda c: _squash(c.image_structure[1], KEYPOINTS2D_SCALE)[None],

@@ -197,8 +197,10 @@ def _curvature(ax, s: _Sheet, r: int, name: str) -> None:
 
 
 def _colorization(ax, s: _Sheet, r: int, name: str) -> None:
-    """Chroma (YUV U, V) recombined with the stored luma, BT.601."""
-    u, v = s.arrays[f"labels/{name}"][r].astype(np.float32)
+    """The chroma bins' representative U, V recombined with the stored luma, BT.601."""
+    from taskonomy.scenes.labels import chroma_of_bins
+
+    u, v = chroma_of_bins(np.asarray(s.arrays[f"labels/{name}"][r]))
     gray = s.arrays.get("inputs/gray")
     y = gray[r, 0].astype(np.float32) / 255.0 if gray is not None else np.full_like(u, 0.5)
     rgb = np.stack([y + 1.13983 * v, y - 0.39465 * u - 0.58060 * v, y + 2.03211 * u], axis=-1)

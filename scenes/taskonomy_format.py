@@ -13,9 +13,8 @@ Encodings (PNG code c, label x; `x = c / scale + offset`, `c = round((x - offset
 | rgb, views | 8-bit RGB | | | the uint8 image |
 | depth_zbuffer, depth_euclidean | 16-bit grey | 512 | 0 | [0, 127.998] m; 65535 = too far / invalid |
 | normal | 8-bit RGB | 127 | -1 | [-1, 1.008]: c = round(127 n + 127), n = (c - 127) / 127 |
-| segment_semantic | 8-bit grey | | | class ids, exact |
+| segment_semantic, colorization | 8-bit grey | | | class ids (colorization: chroma bins), exact |
 | curvature (principal_curvature) | 8-bit RGB, B = 0 | 8 | -15.875 | [-15.875, 16] 1/m; c = 127 is 0 |
-| colorization | 8-bit RGB, B = 0 | 200 | -0.635 | [-0.635, 0.64]; c = 127 is 0 |
 | autoencoding, denoising, inpainting, segment_unsup2d | 8-bit RGB | 255 | 0 | [0, 1] |
 | segment_unsup25d | 8-bit RGBA | 127 (RGB), 16 (A) | -1 (RGB), 0 (A) | normal [-1, 1], depth [0, 15.94] m |
 | edge_texture, edge_occlusion, reshading, keypoints2d, keypoints3d | 16-bit grey | 65535 | 0 | [0, 1] |
@@ -106,7 +105,6 @@ _TABLE: dict[str, tuple[str, str, float | tuple, float | tuple]] = {
     "depth_euclidean": ("depth_euclidean", "I;16", 512, 0),
     "normal": ("normal", "RGB", 127, -1),  # 127-centred as in the original release
     "curvature": ("principal_curvature", "RGB", 8, -127 / 8),
-    "colorization": ("colorization", "RGB", 200, -127 / 200),
     **{k: (k, "RGB", 255, 0) for k in ("autoencoding", "denoising", "inpainting", "segment_unsup2d")},
     "segment_unsup25d": ("segment_unsup25d", "RGBA", (127, 127, 127, 16), (-1, -1, -1, 0)),
     # edge_texture is a Sobel/8 magnitude of [0, 1] luma (at most 0.71), the others are ramps or tanh in [0, 1]

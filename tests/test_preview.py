@@ -19,6 +19,8 @@ def _label(task: registry.Task, rng: np.random.Generator, rgb: np.ndarray, sem: 
     ramp = np.linspace(1.0, 6.0, SIZE, dtype=np.float32)[:, None] * np.ones((1, SIZE), np.float32)
     if task.name == "segment_semantic":
         return sem
+    if task.name == "colorization":  # chroma bins, varying across the image
+        return rng.integers(task.num_classes, size=(SIZE, SIZE)).astype(np.uint8)
     if task.name in ("class_scene", "jigsaw"):
         return np.uint8(rng.integers(task.num_classes))
     if task.name == "class_object":
@@ -36,10 +38,10 @@ def _label(task: registry.Task, rng: np.random.Generator, rgb: np.ndarray, sem: 
         n = np.stack([np.where(sem > 1, 0.0, -0.6), np.full(sem.shape, 0.3), np.full(sem.shape, -0.7)])
         extra = [ramp] if task.channels == 4 else []
         return np.concatenate([n, *[e[None] for e in extra]]).astype(np.float16)
-    if task.channels == 3:
-        return rgb.astype(np.float16)
     if task.channels == 2:
         return rng.normal(0, 0.1, (2, SIZE, SIZE)).astype(np.float16)
+    if task.channels == 3:
+        return rgb.astype(np.float16)
     return np.stack([ramp * (1 + (sem > 1))] * task.channels).astype(np.float16)
 
 
