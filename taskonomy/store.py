@@ -130,10 +130,10 @@ def find_damage(path: str | Path) -> str | None:
             blob = chunk.read_bytes()
             if len(blob) < 4 or google_crc32c.value(blob[:-4]) != int.from_bytes(blob[-4:], "little"):
                 key = chunk.relative_to(node / "c").as_posix()
-                step = meta["chunk_grid"]["configuration"]["chunk_shape"][0]  # chunked along images only
+                step = meta["chunk_grid"]["configuration"]["chunk_shape"][0]  # chunked along the first axis only
                 lo = int(key.split("/")[0]) * step
-                images = f"images {lo} to {min(lo + step, meta['shape'][0]) - 1}"
-                return f"array {name}, chunk {key} ({images}), fails its CRC32C checksum (truncated or garbled)"
+                rows = f"rows {lo} to {min(lo + step, meta['shape'][0]) - 1}"  # images, or transfers in transfers.zarr
+                return f"array {name}, chunk {key} ({rows}), fails its CRC32C checksum (truncated or garbled)"
     try:
         return _check_inventory(path, _metadata(path).get("attributes", {}).get("arrays"))
     except (OSError, ValueError):

@@ -109,10 +109,10 @@ def _shrink(store: Path, name: str) -> None:
 @pytest.mark.parametrize("damage,command,expected", [
     (lambda r: [_garble(c) for c in (r / "data.zarr/labels/normal/c").rglob("*") if c.is_file()],
      ["data", "--preview", "{tmp}/sheet.png"],
-     r"data.zarr: array labels/normal, chunk 0/0/0/0 \(images 0 to 3\), fails its CRC32C checksum \(truncated or "
+     r"data.zarr: array labels/normal, chunk 0/0/0/0 \(rows 0 to 3\), fails its CRC32C checksum \(truncated or "
      r"garbled\); rebuild it with `taskonomy data --force`"),
     (lambda r: _truncate(_first_chunk(r / "transfers.zarr/normal/losses")), ["ahp", "--force"],
-     r"transfers.zarr: array normal/losses, chunk 0/0 \(images 0 to 6\), fails its CRC32C checksum .*"
+     r"transfers.zarr: array normal/losses, chunk 0/0 \(rows 0 to 6\), fails its CRC32C checksum .*"
      r"`taskonomy transfer --force`"),
     (lambda r: _garble(_first_chunk(r / "transfers.zarr/class_scene/losses")), ["evaluate"],
      r"transfers.zarr: array class_scene/losses, .* fails its CRC32C checksum .*`taskonomy transfer --force`"),
