@@ -141,9 +141,7 @@ def test_a_damaged_store_is_named_with_its_array_and_rebuild_command(run, tmp_pa
     before = snapshot(copy)
     assert cli(config, copy, *[a.replace("{tmp}", str(tmp_path)) for a in command]) == 2
     assert re.search(expected, one_line(capsys))
-    if command[0] != "transfer":  # transfer --force starts its store afresh before it reads the features
-        assert snapshot(copy) == before
-    assert not (tmp_path / "sheet.png").exists()
+    assert snapshot(copy) == before and not (tmp_path / "sheet.png").exists()
 
 
 def test_a_checkpoint_from_another_train_config_is_refused_by_extract(run, capsys, tmp_path):
@@ -158,20 +156,24 @@ def test_a_checkpoint_from_another_train_config_is_refused_by_extract(run, capsy
 
 
 class _Exploit:
+    """Unpickling it would create `marker`: pickled code that weights_only loading must never run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
     def __reduce__(self):
-        return (Path.touch, (Path(os.environ.get("TMPDIR", "/tmp")) / "taskonomy_pwned",))
+        return (Path.touch, (self.marker,))
 
 
 @pytest.mark.parametrize("payload,expected", [
-    ([1, 2, 3], "is not a stage I checkpoint (no state_dict and hash)"),
-    ({"state_dict": {"w": torch.zeros(2)}}, "is not a stage I checkpoint"),
-    ({"hash": "x", "state_dict": _Exploit()}, "is unreadable or unsafe (Weights only load failed"),
-])
-def test_a_checkpoint_that_is_not_a_state_dict_or_carries_code_is_refused(run, capsys, payload, expected):
+    (lambda marker: [1, 2, 3], "is not a stage I checkpoint (no state_dict and hash)"),
+    (lambda marker: {"state_dict": {"w": torch.zeros(2)}}, "is not a stage I checkpoint"),
+    (lambda marker: {"hash": "x", "state_dict": _Exploit(marker)}, "is unreadable or unsafe (Weights only load failed"),
+], ids=["a-list", "no-hash", "pickled-code"])
+def test_a_checkpoint_that_is_not_a_state_dict_or_carries_code_is_refused(run, tmp_path, capsys, payload, expected):
     config, copy, _ = run
-    marker = Path(os.environ.get("TMPDIR", "/tmp")) / "taskonomy_pwned"
-    marker.unlink(missing_ok=True)
-    torch.save(payload, copy / "models" / "normal.pt")
+    marker = tmp_path / "pwned"
+    torch.save(payload(marker), copy / "models" / "normal.pt")
     before = snapshot(copy)
     for command in ("extract", "transfer"):
         assert cli(config, copy, command) == 2
@@ -179,6 +181,9 @@ def test_a_checkpoint_that_is_not_a_state_dict_or_carries_code_is_refused(run, c
         assert f"checkpoint {copy}/models/normal.pt {expected}" in err, err
     assert not marker.exists(), "weights_only loading ran pickled code"
     assert snapshot(copy) == before
+    if "unsafe" in expected:  # the payload is live: a load without weights_only runs it
+        torch.load(copy / "models" / "normal.pt", weights_only=False)
+        assert marker.exists()
 
 
 # --- hostile input -----------------------------------------------------------------------------------------------
