@@ -10,7 +10,10 @@ G) and their gradients stay independent. Summing their losses and stepping one A
 weights trains each exactly as it would be trained alone (Adam is per parameter).
 
 Architectures (small, as in the paper: the readout must not be able to solve the target by itself):
-- dense: 3x3 conv, ReLU, 3x3 conv, ReLU, 1x1 conv to out x r^2, pixel shuffle by r = image / feature size;
+- dense: 3x3 conv, ReLU, 3x3 conv, ReLU on the feature grid, then a narrow decoder of the stage I kind:
+  x2 nearest upsampling and a 3x3 conv per step, halving the channels, and a last x2 step by a 1x1 conv and
+  pixel shuffle (r = image / feature size, a power of two). The original release also put a decoder after
+  two small convs; a 1x1 conv with one pixel shuffle by r from the S/8 grid draws r x r blocks.
 - global and pair: 3x3 conv, ReLU, average pooling, then a two-layer MLP (1x1 grouped convs). A pair
   readout reads the two views' features concatenated on channels (the siamese head).
 """
@@ -29,6 +32,7 @@ from taskonomy.tasks import Task
 __all__ = ["GroupedReadouts", "build_readouts", "readout_outputs"]
 
 MLP_HIDDEN = 64
+UP_MIN = 8  # narrowest upsampling conv of a dense readout
 
 
 def readout_outputs(task: Task) -> int:
@@ -46,7 +50,15 @@ class GroupedReadouts(nn.Module):
         self.conv1 = nn.Conv2d(g * in_channels, g * hidden, 3, padding=1, groups=g)
         if head == "dense":
             self.conv2 = nn.Conv2d(g * hidden, g * hidden, 3, padding=1, groups=g)
-            self.out = nn.Conv2d(g * hidden, g * out_channels * upscale ** 2, 1, groups=g)
+            steps = int(math.log2(upscale))
+            if 2 ** steps != upscale:
+                raise TaskonomyError(f"dense readouts upsample by powers of two, not by {upscale}")
+            widths = [hidden] + [max(UP_MIN, hidden >> (k + 1)) for k in range(steps - 1)]
+            self.up = nn.ModuleList(nn.Conv2d(g * a, g * b, 3, padding=1, groups=g)
+                                    for a, b in zip(widths, widths[1:], strict=False))
+            # the last x2 step is a 1x1 conv and a pixel shuffle: a grouped 3x3 conv at full resolution with
+            # a few outputs per group takes oneDNN's slow path on CPU (20x the rest of the readout)
+            self.out = nn.Conv2d(g * widths[-1], g * out_channels * 4, 1, groups=g)
         else:
             self.fc1 = nn.Conv2d(g * hidden, g * MLP_HIDDEN, 1, groups=g)
             self.out = nn.Conv2d(g * MLP_HIDDEN, g * out_channels, 1, groups=g)
@@ -58,7 +70,8 @@ class GroupedReadouts(nn.Module):
         Zero-padded input channels get zero weights. So a readout's weights never depend on which other
         readouts share its group, and adding a source later leaves the earlier readouts' results unchanged.
         """
-        layers = [m for m in (self.conv1, getattr(self, "conv2", None), getattr(self, "fc1", None), self.out) if m]
+        layers = [self.conv1, self.conv2, *self.up] if self.head == "dense" else [self.conv1, self.fc1]
+        layers.append(self.out)
         for g, (seed, c_in) in enumerate(zip(seeds, in_channels, strict=True)):
             gen = torch.Generator().manual_seed(seed)
             for k, layer in enumerate(layers):
@@ -76,10 +89,13 @@ class GroupedReadouts(nn.Module):
             raise TaskonomyError(f"readouts expect {self.groups} groups of features, got {g}")
         x = F.relu(self.conv1(z.flatten(1, 2)))
         if self.head == "dense":
-            x = self.out(F.relu(self.conv2(x)))  # (B, G*out*r*r, h, w)
+            x = F.relu(self.conv2(x))
+            for conv in self.up:
+                x = F.relu(conv(F.interpolate(x, scale_factor=2.0, mode="nearest")))
+            x = self.out(x)  # (B, G*out*4, S/2, S/2)
             h, w = x.shape[-2:]
-            x = F.pixel_shuffle(x.view(b * g, -1, h, w), self.upscale)
-            return x.view(b, g, self.out_channels, h * self.upscale, w * self.upscale)
+            x = F.pixel_shuffle(x.view(b * g, -1, h, w), 2)
+            return x.view(b, g, self.out_channels, 2 * h, 2 * w)
         x = x.mean(dim=(2, 3), keepdim=True)
         return self.out(F.relu(self.fc1(x))).view(b, g, self.out_channels)
 

@@ -36,7 +36,7 @@ from taskonomy.transfer.train import ReadoutJob, TrainReport, train_readouts
 __all__ = ["STORE", "TRANSFER_VERSION", "beam_transfers", "open_transfers", "run_transfer", "transfer_name",
            "transfer_targets"]
 
-TRANSFER_VERSION = "1"
+TRANSFER_VERSION = "2"  # 2: dense readouts decode with upsampling convs
 STORE = "transfers.zarr"
 
 
