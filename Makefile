@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 CONFIG  ?= configs/default.yaml
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup test test-slow demo data preview train extract transfer ahp taxonomy bench clean
+.PHONY: setup test test-slow demo data preview train extract transfer ahp taxonomy report bench clean
 
 setup: $(STAMP)
 
@@ -52,6 +52,10 @@ ahp: setup
 taxonomy: setup
 	$(BIN)/taskonomy --config $(CONFIG) solve
 	$(BIN)/taskonomy --config $(CONFIG) evaluate
+
+# The static HTML page of the run folder (needs affinity.csv; shows whatever else the stages wrote).
+report: setup
+	$(BIN)/taskonomy --config $(CONFIG) report
 
 bench: setup
 	$(BIN)/python benchmarks/bench_data.py

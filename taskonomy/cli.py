@@ -339,7 +339,18 @@ def all_for_one(ctx: Context, target: str, supervised: str | None, max_order: in
     _say(ctx, f"all-for-one: -> {', '.join(str(p) for p in paths)}")
 
 
-STAGES = ("data", "train", "extract", "transfer", "ahp", "solve", "evaluate")
+@cli.command()
+@click.pass_obj
+def report(ctx: Context, timings: dict[str, float] | None = None) -> None:
+    """The static HTML report <run-dir>/report/index.html: tables and pictures of every stage, opens from disk."""
+    from taskonomy.report import build_report
+
+    start = time.perf_counter()
+    path = build_report(ctx.run_dir, ctx.config, timings=timings)  # `run` passes this run's stage times
+    _say(ctx, f"report: {path} written ({time.perf_counter() - start:.1f} s)")
+
+
+STAGES = ("data", "train", "extract", "transfer", "ahp", "solve", "evaluate", "report")
 
 
 @cli.command()
@@ -358,6 +369,8 @@ def run(click_ctx: click.Context, force: bool, redo: tuple[str, ...]) -> None:
         _say(ctx, f"run: {name}")
         start = time.perf_counter()
         forced = {"force": True} if (force or name in redo) and name not in ("solve", "evaluate") else {}
+        if name == "report":  # rebuilt every time; it shows the times of this run's stages so far
+            forced = {"timings": dict(timings)}
         click_ctx.invoke(cli.commands[name], **forced)
         timings[name] = round(time.perf_counter() - start, 2)
     tmp = run_dir / ".run_timings.json.tmp"

@@ -273,8 +273,8 @@ def test_run_does_every_stage_and_skips_what_is_up_to_date(transferred, tmp_path
     err = capsys.readouterr().err
     assert "data.zarr up to date" in err and err.count("up to date") >= 4, err
     timings = json.loads((copy / "run_timings.json").read_text())["seconds"]
-    assert list(timings) == ["data", "train", "extract", "transfer", "ahp", "solve", "evaluate"]
-    for name in ("affinity.csv", "taxonomy.json", "evaluation.csv"):
+    assert list(timings) == ["data", "train", "extract", "transfer", "ahp", "solve", "evaluate", "report"]
+    for name in ("affinity.csv", "taxonomy.json", "evaluation.csv", "report/index.html"):
         assert (copy / name).is_file()
     after = _losses(copy)
     for target, (names, losses) in before.items():

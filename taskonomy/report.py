@@ -1,0 +1,396 @@
+"""The static HTML report of a run folder: one page that opens from disk, its pictures copied beside it.
+
+    taskonomy --config configs/tiny.yaml report          # -> <run>/report/index.html
+
+Reads what the stages wrote: affinity.csv (stage III) is required; every other input is shown when present
+and is a "not available" line when not. The taxonomy is solved again at a few budgets for the graphs (into
+report/, never over the run's taxonomy.json). The page is built in a temporary folder and renamed into place,
+so a killed report leaves the previous one, never half of a new one; it is rebuilt every time (a few seconds:
+three small BIPs and their figures), so it always shows the run folder as it is now.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import warnings
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from taskonomy import TaskonomyError, TaskonomyWarning
+from taskonomy.config import Config, load_config
+
+__all__ = ["PACKAGES", "REPORT_DIR", "build_report", "report_budgets", "top_sources"]
+
+REPORT_DIR = "report"
+PACKAGES = ("taskonomy-engine", "torch", "numpy", "numba", "zarr", "dask", "scipy", "pulp", "highspy", "matplotlib")
+_TOP = 3  # sources per target in the table of top sources
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#222;margin:0;background:#f6f6f3}
+main{max-width:1240px;margin:0 auto;padding:16px 28px 48px;background:#fff}
+h1{font-size:26px;margin:8px 0 4px}h2{font-size:19px;margin:34px 0 8px;border-bottom:2px solid #1f4e8c;
+padding-bottom:3px}h3{font-size:15px;margin:18px 0 6px}
+nav{font-size:13px;margin:6px 0 14px}nav a{margin-right:14px;color:#1f4e8c;text-decoration:none}
+figure{margin:10px 0 18px}figure img{display:block;max-width:100%;height:auto;border:1px solid #ddd}
+figcaption{font-size:12px;color:#555;margin-top:4px}
+.scroll{overflow-x:auto;margin:6px 0 14px}
+table{border-collapse:collapse;font-size:12.5px}th,td{padding:3px 9px;border-bottom:1px solid #e2e2e2;
+text-align:right;white-space:nowrap}th{background:#eef2f8;position:sticky;top:0}td:first-child,
+th:first-child{text-align:left}tbody tr:nth-child(even){background:#fafafa}tr.bad td{color:#b00020}
+table.top td,td.text{text-align:left}td small{color:#666}
+.na{color:#8a6d00;background:#fff8e0;padding:4px 8px;border-left:3px solid #e0b000}
+.lede{max-width:900px}.hint{font-size:12px;color:#666}
+pre{background:#f4f4f4;padding:10px;font-size:12px;overflow-x:auto;max-height:420px}
+th[scope=row]{background:none;text-align:left;font-weight:600}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _na(what: str, why: str = "") -> str:
+    return f'<p class="na">{_e(what)}: not available{_e(" (" + why + ")") if why else ""}</p>'
+
+
+def _fmt(cell: str) -> str:
+    """A CSV cell for reading: integers as they are, other numbers to 4 significant digits."""
+    try:
+        value = float(cell)
+    except ValueError:
+        return cell
+    if math.isnan(value) or math.isinf(value) or cell.strip().lstrip("-").isdigit():
+        return cell
+    return f"{value:.4g}"
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def _table(header: list[str], rows: list[list[str]], bad: list[bool] | None = None, raw: bool = False,
+           cls: str = "") -> str:
+    """An HTML table; cells are escaped unless `raw` (then the caller escaped them)."""
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = []
+    for i, row in enumerate(rows):
+        cells = "".join(f"<td>{c if raw else _e(_fmt(c))}</td>" for c in row)
+        body.append(f'<tr{" class=bad" if bad and bad[i] else ""}>{cells}</tr>')
+    return (f'<div class="scroll"><table class="{cls}"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
+
+
+def _pairs(rows: list[list[str]]) -> str:
+    """A two-column table of names and values, without a header row."""
+    body = "".join(f'<tr><th scope="row">{_e(k)}</th><td class="text">{_e(v)}</td></tr>' for k, v in rows)
+    return f'<div class="scroll"><table class="pairs"><tbody>{body}</tbody></table></div>'
+
+
+def _csv_table(path: Path, what: str, how: str) -> str:
+    if not path.is_file():
+        return _na(what, how)
+    header, rows = _read_csv(path)
+    bad = [r.get("beats_baseline") == "False" for r in rows]
+    return _table(header, [[r.get(h) or "" for h in header] for r in rows], bad)
+
+
+def _guarded(what: str, section, *args) -> str:
+    """A section whose optional input is malformed says so in one line instead of failing the report."""
+    try:
+        return section(*args)
+    except (ValueError, KeyError, TypeError, csv.Error) as err:
+        return _na(what, f"cannot read it: {type(err).__name__}: {err}")
+
+
+def _figure(out: Path, source: Path | None, name: str, caption: str) -> str:
+    """Copy `source` into the report as `name` (None: it is there already) and show it."""
+    if source is not None:
+        shutil.copyfile(source, out / name)
+    return (f'<figure><a href="{_e(name)}"><img src="{_e(name)}" alt="{_e(caption)}"></a>'
+            f"<figcaption>{_e(caption)}</figcaption></figure>")
+
+
+def report_budgets(n_sources: int) -> list[int]:
+    """Budgets for the report's taxonomy graphs: 1, 3 and 5 where there are that many sources."""
+    return [b for b in (1, 3, 5) if b <= n_sources]
+
+
+def _run_config(run_dir: Path, fallback: Config | None) -> Config:
+    """The run folder's own resolved config (how it was made), else the caller's, else the defaults."""
+    try:
+        return load_config(run_dir / "config.yaml")
+    except TaskonomyError:
+        return fallback if fallback is not None else load_config(None)
+
+
+def _intro(run_dir: Path, config: Config) -> str:
+    header, rows = _read_csv(run_dir / "affinity.csv")
+    transfers = [h for h in header[1:] if h not in ("full", "scratch")]
+    order = max((t.count("+") + 1 for t in transfers), default=0)
+    images = ""
+    if (run_dir / "ahp_summary.csv").is_file():
+        counts = {r.get("images") for r in _read_csv(run_dir / "ahp_summary.csv")[1]}
+        images = f" over {', '.join(sorted(c for c in counts if c))} test images"
+    d, tx = config.data, config.taxonomy
+    return (f'<p class="lede">This run generated {d.n_scenes * d.views_per_scene} images ({d.n_scenes} scenes, '
+            f"{d.views_per_scene} views each, {d.image_size} px) with labels for "
+            f"{len(d.task_names())} tasks, trained one network per task (stage I) and cached its frozen "
+            f"representation, then trained small readouts from those representations, one source or a set of "
+            f"up to {order} sources at a time, into each of {len(rows)} targets ({len(transfers)} distinct "
+            f"transfers, stage II). Per-image test losses{_e(images)} became pairwise win rates and, by the "
+            f"analytic hierarchy process, one affinity per transfer and target (stage III). Stage IV chose which "
+            f"tasks to label under a supervision budget (the binary integer program; the run's own choice is for "
+            f"budget {tx.budget:g} and max order {tx.max_order}) and scored each policy's gain (win rate against "
+            f"training from scratch) and quality (win rate against full supervision).</p>")
+
+
+def _data_section(run_dir: Path, out: Path) -> str:
+    sheet = run_dir / "contact_sheet.png"
+    if sheet.is_file():
+        return _figure(out, sheet, "contact_sheet.png", "Contact sheet: test images as rows, every task's label "
+                                                        "as columns (contact_sheet.png of the run folder).")
+    if not (run_dir / "data.zarr").exists():
+        return _na("Contact sheet", "no contact_sheet.png and no data.zarr in the run folder")
+    from taskonomy.scenes.preview import contact_sheet
+
+    try:
+        contact_sheet(run_dir / "data.zarr", out / "contact_sheet.png")
+    except TaskonomyError as err:
+        return _na("Contact sheet", str(err))
+    return _figure(out, None, "contact_sheet.png", "Contact sheet rendered from data.zarr for this report: "
+                                                   "test images as rows, every task's label as columns.")
+
+
+def _affinity_section(run_dir: Path, out: Path) -> str:
+    maps = sorted(run_dir.glob("*heatmap*.png"), key=lambda p: (p.name != "affinity_heatmap.png", p.name))
+    if not maps:
+        return _na("Affinity heatmap", "`taskonomy ahp` writes affinity_heatmap.png")
+    return "".join(_figure(out, p, p.name, f"{p.name}: targets as rows, first-order sources as columns, "
+                                           f"clustered; grey cells were not tried.") for p in maps)
+
+
+def _own_taxonomy(run_dir: Path) -> tuple[float, int] | None:
+    """(budget, max order) of the run's taxonomy.json when it and its graph are there."""
+    try:
+        doc = json.loads((run_dir / "taxonomy.json").read_text())
+        return (float(doc["budget"]), int(doc["max_order"])) if (run_dir / "taxonomy_graph.png").is_file() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _taxonomy_section(run_dir: Path, config: Config, out: Path) -> str:
+    own = _own_taxonomy(run_dir)
+    if own is None:
+        parts = [_na("The run's taxonomy (taxonomy.json and taxonomy_graph.png)", "run `taskonomy solve`")]
+    else:
+        parts = [_figure(out, run_dir / "taxonomy_graph.png", "taxonomy_graph.png",
+                         f"The run's own taxonomy (`taskonomy solve`, taxonomy.json): budget {own[0]:g}, max order "
+                         f"{own[1]}.")]
+    try:
+        parts += _taxonomy_graphs(run_dir, config, out, own)
+    except TaskonomyError as err:
+        parts.append(_na("Taxonomies at other budgets", str(err)))
+    return "".join(parts)
+
+
+def _taxonomy_graphs(run_dir: Path, config: Config, out: Path, own: tuple[float, int] | None) -> list[str]:
+    """Solve the BIP at report_budgets() with the run's taxonomy settings and draw each policy but `own`."""
+    from taskonomy.taxonomy.bip import solve
+    from taskonomy.taxonomy.evaluate import policy_scores
+    from taskonomy.taxonomy.graph import taxonomy_figure
+    from taskonomy.taxonomy.stage import make_problem, read_affinity, read_losses
+
+    import matplotlib.pyplot as plt  # after graph.py has chosen the Agg backend
+
+    cfg = config.taxonomy
+    affinity = read_affinity(run_dir)
+    probe = make_problem(affinity, cfg, 0.0, cfg.max_order)
+    losses = {}
+    if (run_dir / "transfers.zarr").exists():
+        with warnings.catch_warnings():  # an incomplete target only loses its colour here; ahp warned already
+            warnings.simplefilter("ignore", TaskonomyWarning)
+            losses = read_losses(run_dir, probe.targets)
+    budgets = [b for b in report_budgets(len(probe.sources)) if (b, cfg.max_order) != own]
+    figures = [f"<h3>Budgets {', '.join(map(str, budgets))} (max order {cfg.max_order}), solved for this report"
+               f"</h3>" if budgets else ""]
+    for budget in budgets:
+        solution = solve(make_problem(affinity, cfg, float(budget), cfg.max_order), solver=cfg.solver,
+                         time_limit=cfg.time_limit)
+        if not solution.policy:
+            figures.append(_na(f"Taxonomy at budget {budget}", f"the BIP is {solution.status} at this budget"))
+            continue
+        scores = policy_scores({t: tr.name for t, tr in solution.policy.items()}, losses)
+        title = (f"Budget {budget}, max order {cfg.max_order}: supervise {', '.join(solution.supervised)}; "
+                 f"objective {solution.objective:.3f} ({solution.status})")
+        name = f"taxonomy_budget_{budget}.png"
+        figure = taxonomy_figure(solution.supervised, solution.policy, title, scores or None)
+        figure.savefig(out / name, format="png", dpi=130)
+        plt.close(figure)
+        figures.append(_figure(out, None, name, f"Taxonomy solved for this report at budget {budget}"
+                                                f"{'; targets coloured by quality' if scores else ''}."))
+    return figures
+
+
+def _evaluation_section(run_dir: Path, out: Path) -> str:
+    parts = []
+    for name, caption in (("evaluation_curves.png", "Mean gain and quality against the supervision budget per "
+                                                    "max order, then per target (`taskonomy evaluate`)."),
+                          ("evaluation_taxonomies.png", "Taxonomies by budget (columns) and max order (rows).")):
+        parts.append(_figure(out, run_dir / name, name, caption) if (run_dir / name).is_file()
+                     else _na(name, "run `taskonomy evaluate`"))
+    parts.append("<h3>Supervision saved</h3>")
+    parts.append(_csv_table(run_dir / "supervision_saved.csv", "supervision_saved.csv", "run `taskonomy evaluate`"))
+    return "".join(parts)
+
+
+def top_sources(run_dir: Path, k: int = _TOP) -> list[tuple[str, list[dict[str, str]]]]:
+    """Per target (file order), its `k` first-order sources of highest affinity, from affinity_ci.csv."""
+    by_target: dict[str, list[dict[str, str]]] = {}
+    for row in _read_csv(run_dir / "affinity_ci.csv")[1]:
+        rows = by_target.setdefault(row["target"], [])
+        if row.get("order") == "1":
+            rows.append(row)
+    return [(t, sorted(rows, key=lambda r: -float(r["affinity"] or "nan"))[:k]) for t, rows in by_target.items()]
+
+
+def _top_section(run_dir: Path) -> str:
+    if not (run_dir / "affinity_ci.csv").is_file():
+        return _na("Top sources with intervals", "`taskonomy ahp` writes affinity_ci.csv")
+    stability = {}
+    if (run_dir / "ahp_summary.csv").is_file():
+        stability = {r["target"]: r.get("top_source_stability", "") for r in _read_csv(run_dir / "ahp_summary.csv")[1]}
+    rows = []
+    for target, best in top_sources(run_dir):
+        cells = [_e(target)]
+        for r in best + [None] * (_TOP - len(best)):
+            interval = f" [{_fmt(r['low'])}, {_fmt(r['high'])}]" if r and r.get("low") else ""
+            cells.append(f"{_e(r['transfer'])}<br><small>{_e(_fmt(r['affinity']) + interval)}</small>" if r else "")
+        share = stability.get(target, "")
+        cells.append(_e(f"{float(share):.0%}") if share else "-")
+        rows.append(cells)
+    header = ["target", *[f"source {i + 1}: affinity [interval]" for i in range(_TOP)], "1st stays on top"]
+    return ("<p>First-order sources ranked by affinity; the interval is the bootstrap percentile interval over "
+            "resampled test images, and the last column how often the top source stays on top.</p>"
+            + _table(header, rows, raw=True, cls="top"))
+
+
+def _versions() -> list[list[str]]:
+    rows = [["python", sys.version.split()[0]]]
+    for name in PACKAGES:
+        try:
+            rows.append([name, importlib.metadata.version(name)])
+        except importlib.metadata.PackageNotFoundError:
+            rows.append([name, "not installed"])
+    return rows
+
+
+def _device(config: Config) -> str:
+    from taskonomy.runtime import describe_device
+
+    device = config.train.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return describe_device(device, config.threads)
+    except Exception as err:  # a CUDA driver that fails to answer must not stop the report
+        return f"{device} ({type(err).__name__})"
+
+
+def _timings(run_dir: Path, timings: dict[str, float] | None) -> str:
+    if timings is None:
+        try:
+            timings = json.loads((run_dir / "run_timings.json").read_text())["seconds"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return _na("Time per stage", "run_timings.json is written by `taskonomy run`; the stages were run one "
+                                         "by one")
+    rows = [[stage, f"{float(s):.1f}"] for stage, s in timings.items()]
+    return _table(["stage", "seconds"], rows + [["total", f"{sum(float(s) for s in timings.values()):.1f}"]])
+
+
+def _metadata_section(run_dir: Path, config: Config, timings: dict[str, float] | None) -> str:
+    path = run_dir / "config.yaml"
+    resolved = f"<pre>{_e(path.read_text())}</pre>" if path.is_file() else _na("config.yaml", "not in the run folder")
+    when = datetime.now().astimezone().isoformat(timespec="seconds")
+    machine = [["device (this machine)", _device(config)], ["platform", platform.platform()],
+               ["report written", when]]
+    return (f"<h3>Machine</h3>{_pairs(machine)}<h3>Package versions</h3>"
+            f"{_pairs(_versions())}<h3>Time per stage</h3>{_timings(run_dir, timings)}"
+            f"<h3>Resolved config (config.yaml)</h3>{resolved}")
+
+
+def _page(run_dir: Path, config: Config, sections: list[tuple[str, str, str]]) -> str:
+    nav = "".join(f'<a href="#{key}">{_e(title)}</a>' for key, title, _ in sections)
+    body = "".join(f'<section id="{key}"><h2>{_e(title)}</h2>{content}</section>' for key, title, content in sections)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>Taskonomy report: {_e(config.name)}</title><style>{_CSS}</style></head>\n<body><main>"
+            f"<h1>Taskonomy report: {_e(config.name)}</h1><p>Run folder <code>{_e(run_dir.resolve())}</code></p>"
+            f"<nav>{nav}</nav>{_intro(run_dir, config)}<p class=\"hint\">Pictures are scaled to the page; click one "
+            f"to open it at full size.</p>{body}</main></body></html>\n")
+
+
+def _sections(run_dir: Path, config: Config, out: Path, timings: dict[str, float] | None) -> list[tuple[str, ...]]:
+    """(anchor, title, HTML) of every section, in reading order; pictures land in `out`."""
+    quality = partial(_csv_table, run_dir / "stage1_quality.csv", "stage1_quality.csv", "run `taskonomy train`")
+    return [
+        ("data", "Data", _data_section(run_dir, out)),
+        ("stage1", "Stage I: network quality", _guarded("stage1_quality.csv", quality)),
+        ("affinity", "Stage III: affinities", _affinity_section(run_dir, out)),
+        ("top", f"Top {_TOP} sources per target", _guarded("affinity_ci.csv", _top_section, run_dir)),
+        ("taxonomy", "Stage IV: taxonomies", _taxonomy_section(run_dir, config, out)),
+        ("evaluation", "Gain and quality", _guarded("supervision_saved.csv", _evaluation_section, run_dir, out)),
+        ("metadata", "Run metadata", _metadata_section(run_dir, config, timings)),
+    ]
+
+
+def build_report(run_dir: str | Path, config: Config | None = None,
+                 timings: dict[str, float] | None = None) -> Path:
+    """Write <run_dir>/report/index.html and its pictures; `timings` (stage -> seconds) beat run_timings.json."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "affinity.csv").is_file():
+        raise TaskonomyError(f"run folder {run_dir} has no affinity.csv: run `taskonomy ahp` first")
+    config = _run_config(run_dir, config)
+    final = run_dir / REPORT_DIR
+    try:
+        for stale in run_dir.glob(f".{REPORT_DIR}.*"):  # left by a killed report
+            shutil.rmtree(stale, ignore_errors=True)
+        out = Path(tempfile.mkdtemp(prefix=f".{REPORT_DIR}.", dir=run_dir))
+    except OSError as err:
+        raise TaskonomyError(f"cannot write {final}: {err.strerror or err}") from None
+    try:
+        sections = _sections(run_dir, config, out, timings)
+        (out / "index.html").write_text(_page(run_dir, config, sections), encoding="utf-8")
+        out.chmod(0o755)  # mkdtemp makes it private; a report is for sharing
+        _swap(out, final)
+    except OSError as err:
+        shutil.rmtree(out, ignore_errors=True)
+        raise TaskonomyError(f"cannot write {final}: {err.strerror or err}") from None
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return final / "index.html"
+
+
+def _swap(new: Path, final: Path) -> None:
+    """Put the finished folder `new` at `final`: a directory cannot be renamed over a non-empty one, so the old
+    report steps aside first (there is a moment with no report, never one with half a report)."""
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(new, final)
+    shutil.rmtree(old, ignore_errors=True)
