@@ -58,21 +58,10 @@ class DataConfig(_Strict):
     @field_validator("tasks")
     @classmethod
     def _known_targets(cls, value: list[str] | str) -> list[str] | str:
-        if value == "all":
-            return value
-        if not value:
-            raise ValueError("expected at least one task, or 'all'")
-        names = []
-        for name in value:
-            try:
-                task = registry.get(name)
-            except registry.TaskonomyError as err:
-                raise ValueError(str(err)) from None
-            if task.head == "none":
+        names = _registered(value, "task")
+        for name in names if names != "all" else ():
+            if registry.get(name).head == "none":
                 raise ValueError(f"{name!r} is a control with no labels; controls are sources, not data tasks")
-            if task.name in names:
-                raise ValueError(f"task {task.name!r} is listed twice")
-            names.append(task.name)
         return names
 
     @field_validator("chunk_images")
@@ -149,18 +138,23 @@ class AhpConfig(_Strict):
     max_iter: int = Field(10_000, ge=1, le=10_000_000, description="power iteration cap; reaching it is reported")
 
 
-def _task_names(value: list[str], what: str) -> list[str]:
-    """Valid, distinct task names with the original release's aliases resolved (targets may be user tasks)."""
+def _distinct(value: list[str], what: str, lookup) -> list[str]:
+    """`lookup(name)` of every name (a TaskonomyError becomes the validation message), each listed once."""
     names = []
     for name in value:
         try:
-            name = registry.resolve_alias(registry.validate_name(name))
+            name = lookup(name)
         except registry.TaskonomyError as err:
             raise ValueError(str(err)) from None
         if name in names:
             raise ValueError(f"{what} {name!r} is listed twice")
         names.append(name)
     return names
+
+
+def _task_names(value: list[str], what: str) -> list[str]:
+    """Valid, distinct task names with the original release's aliases resolved (targets may be user tasks)."""
+    return _distinct(value, what, lambda name: registry.resolve_alias(registry.validate_name(name)))
 
 
 def _registered(value: list[str] | str, what: str) -> list[str] | str:
@@ -169,16 +163,7 @@ def _registered(value: list[str] | str, what: str) -> list[str] | str:
         return value
     if not value:
         raise ValueError("expected at least one task, or 'all'")
-    names = []
-    for name in value:
-        try:
-            name = registry.get(registry.validate_name(name)).name
-        except registry.TaskonomyError as err:
-            raise ValueError(str(err)) from None
-        if name in names:
-            raise ValueError(f"{what} {name!r} is listed twice")
-        names.append(name)
-    return names
+    return _distinct(value, what, lambda name: registry.get(registry.validate_name(name)).name)
 
 
 class TaxonomyConfig(_Strict):
