@@ -7,11 +7,21 @@ from taskonomy.config import load_config
 from conftest import ROOT
 
 
-@pytest.mark.parametrize("name", ["tiny", "default"])
+@pytest.mark.parametrize("name", ["tiny", "default", "paper"])
 def test_shipped_configs_load(name):
     config = load_config(ROOT / "configs" / f"{name}.yaml")
     assert config.name == name
     assert config.data.task_names()
+
+
+def test_paper_config_has_every_task_and_the_multi_view_ones():
+    from taskonomy import tasks as registry
+
+    config = load_config(ROOT / "configs" / "paper.yaml")
+    labelled = {t.name for t in registry.all_tasks() if t.head != "none"}
+    assert set(config.data.task_names()) == labelled
+    assert {"egomotion", "fixated_pose", "nonfixated_pose", "point_matching"} <= labelled
+    assert config.data.image_size % 8 == 0 and config.train.device == "auto"
 
 
 def test_defaults_need_no_file():
