@@ -170,6 +170,8 @@ def _data_section(run_dir: Path, out: Path) -> str:
         contact_sheet(run_dir / "data.zarr", out / "contact_sheet.png")
     except TaskonomyError as err:
         return _na("Contact sheet", str(err))
+    except Exception as err:  # an optional picture of a store that another version wrote must not stop the report
+        return _na("Contact sheet", f"cannot render it from data.zarr: {type(err).__name__}: {err}")
     return _figure(out, None, "contact_sheet.png", "Contact sheet rendered from data.zarr for this report: "
                                                    "test images as rows, every task's label as columns.")
 

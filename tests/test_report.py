@@ -165,6 +165,22 @@ def test_a_failed_report_leaves_the_previous_one_and_no_temporary_folder(reporte
     assert "name: tiny" in page.section_text()
 
 
+def test_a_contact_sheet_that_cannot_be_rendered_is_a_not_available_line(reported, tmp_path, monkeypatch):
+    _, run_dir = reported
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("features.zarr", "models", REPORT_DIR))
+    import taskonomy.scenes.preview
+
+    def old_store(*_args, **_kwargs):
+        raise IndexError("arrays used as indices must be of integer type")  # a store from an older generator
+
+    monkeypatch.setattr(taskonomy.scenes.preview, "contact_sheet", old_store)
+    assert main(["-q", "--run-dir", str(copy), "report"]) == 0
+    page = Page(copy / REPORT_DIR / "index.html")
+    assert "contact_sheet.png" not in page.images and len(page.images) == len(REAL_IMAGES) - 1
+    assert "Contact sheet: not available (cannot render it from data.zarr: IndexError: arrays" in page.section_text()
+
+
 def test_missing_inputs_are_not_available_lines(tmp_path):
     run_dir = tmp_path / "synthetic"
     write_run(run_dir, max_order=2)  # transfers.zarr and affinity.csv only: no stage I, no ahp extras, no evaluate
