@@ -300,14 +300,12 @@ def _versions() -> list[list[str]]:
 
 
 def _device(config: Config) -> str:
+    from taskonomy.extract.stage1 import resolve_device
     from taskonomy.runtime import describe_device
 
     device = config.train.device
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
+        device = resolve_device(device).type
         return describe_device(device, config.threads)
     except Exception as err:  # a CUDA driver that fails to answer must not stop the report
         return f"{device} ({type(err).__name__})"

@@ -228,9 +228,9 @@ def run_transfer(config: Config, run_dir: Path, force: bool = False, progress: b
 
     run_dir = Path(run_dir)
     data = open_data(run_dir / "data.zarr", config)
-    data_tasks = list(data.attrs["tasks"])
+    data_tasks, data_id = list(data.attrs["tasks"]), data_hash(data)
     sources = source_names(config, data_tasks)
-    features = open_features(run_dir / "features.zarr", sources, data_hash(data))
+    features = open_features(run_dir / "features.zarr", sources, data_id)
     encoders, block = _cache_facts(features, sources)
     size, device = int(data.attrs["image_size"]), resolve_device(config.train.device)
     readout_cfg = _readout_config(config)
@@ -240,9 +240,9 @@ def run_transfer(config: Config, run_dir: Path, force: bool = False, progress: b
     checkpoints = {name: load_checkpoint(ckpt) if ckpt.is_file() else None for name, ckpt in ckpts.items()}
     path = run_dir / STORE
     store = zarr.open_group(str(path), mode="a")
-    if force or store.attrs.get("data_hash") != data_hash(data):
+    if force or store.attrs.get("data_hash") != data_id:
         store = zarr.open_group(str(path), mode="w")
-    store.attrs.update({"data_hash": data_hash(data), "complete": False, "targets": names,
+    store.attrs.update({"data_hash": data_id, "complete": False, "targets": names,
                         "sources": sources, "test_index": [int(i) for i in data["splits/test"][:]],
                         "loss": {t: registry.get(t).loss for t in names}})
     targets, trained = [], dict.fromkeys(names, 0)
@@ -251,7 +251,7 @@ def run_transfer(config: Config, run_dir: Path, force: bool = False, progress: b
         scaler = checkpoint["scaler"] if checkpoint else fit_scaler(registry.get(name),
                                                                     _split_labels(data, name, "train")).as_dict()
         seed = _target_seed(config.seed, name)
-        base = content_hash(TRANSFER_VERSION, data_hash(data), readout_cfg, seed, name, scaler, block)
+        base = content_hash(TRANSFER_VERSION, data_id, readout_cfg, seed, name, scaler, block)
         job = ReadoutJob(name, [], _split_labels(data, name, "transfer"), _split_labels(data, name, "test"),
                          scaler, seed)
         target = _Target(name, job, base, {} if force else _existing_rows(store, name), {})
