@@ -1,0 +1,175 @@
+"""The run folder, defined once: the name of every file in it, its format version and atomic writes.
+
+    from taskonomy.runfolder import RunFolder
+    run = RunFolder("runs/default")
+    run.affinity            # runs/default/affinity.csv
+    run.checkpoint("normal")  # runs/default/models/normal.pt
+
+Every stage and the application build paths here and nowhere else; the shared artifacts (the per-image
+loss table of transfers.zarr, the affinity tables, stage stamps) have their one reader and one writer
+in `taskonomy.artifacts`. Every file is written to a temporary name beside it and renamed, so a killed
+command leaves the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from taskonomy import TaskonomyError
+
+__all__ = [
+    "FILES", "FORMAT_VERSION", "RunFolder", "check_format", "format_version", "save_figure", "write_csv",
+    "write_format", "write_json", "write_text",
+]
+
+FORMAT_VERSION = 1  # 1: format file, chunk inventories, added targets with full and scratch rows
+
+# Every name a run folder holds (the per-target files are built by RunFolder's methods from these stems).
+FILES = {
+    "config": "config.yaml",  # the resolved config the folder was made with
+    "format": "run.json",  # {"format": FORMAT_VERSION}
+    "lock": ".lock",  # the run lock (taskonomy.lock)
+    "data": "data.zarr",
+    "contact_sheet": "contact_sheet.png",
+    "models": "models",  # stage I checkpoints models/<task>.pt
+    "stage1_quality": "stage1_quality.csv",
+    "features": "features.zarr",
+    "transfers": "transfers.zarr",
+    "added_targets": "added_targets.json",  # targets added from the cache: their dictionary entries
+    "added_labels": "added_targets",  # ... and their labels, added_targets/<name>.npy
+    "affinity": "affinity.csv",
+    "affinity_first_order": "affinity_first_order.csv",
+    "affinity_ci": "affinity_ci.csv",
+    "ahp_summary": "ahp_summary.csv",
+    "ahp_stamp": "ahp.json",
+    "heatmap": "affinity_heatmap.png",
+    "taxonomy": "taxonomy.json",
+    "taxonomy_graph": "taxonomy_graph.png",
+    "evaluation": "evaluation.csv",
+    "supervision_saved_csv": "supervision_saved.csv",
+    "supervision_saved_json": "supervision_saved.json",
+    "evaluation_curves": "evaluation_curves.png",
+    "evaluation_taxonomies": "evaluation_taxonomies.png",
+    "budget_taxonomies": "budget_taxonomies.json",  # the taxonomies `evaluate` draws at a few budgets
+    "run_timings": "run_timings.json",
+    "report": "report",
+}
+# Which command rebuilds each store (for one-line errors).
+REBUILD = {"data": "taskonomy data", "features": "taskonomy extract", "transfers": "taskonomy transfer"}
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Paths of one run folder; nothing is read or created by making one."""
+
+    path: Path
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        object.__setattr__(self, "path", Path(path))
+
+    def __getattr__(self, key: str) -> Path:
+        try:
+            return self.path / FILES[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def checkpoint(self, task: str) -> Path:
+        """models/<task>.pt: the stage I network of `task` (or of a target added from the cache)."""
+        return self.path / FILES["models"] / f"{task}.pt"
+
+    def added_labels_file(self, target: str) -> Path:
+        return self.path / FILES["added_labels"] / f"{target}.npy"
+
+    def all_for_one(self, target: str, suffix: str) -> Path:
+        """all_for_one_<target>.json / .png: the best transfer into `target` from the supervised sources."""
+        return self.path / f"all_for_one_{target}.{suffix}"
+
+    def budget_taxonomy(self, budget: int | float) -> Path:
+        """taxonomy_budget_<b>.png: the taxonomy `evaluate` draws at budget b."""
+        return self.path / f"taxonomy_budget_{budget:g}.png"
+
+    def store_named(self, store: str) -> Path:
+        """The store's path from its file name (data.zarr, features.zarr, transfers.zarr)."""
+        return self.path / store
+
+
+def format_version(run_dir: str | os.PathLike) -> int | None:
+    """The folder's format version; 0 for a folder an older version made (config but no format file);
+    None where there is no run folder yet."""
+    run = RunFolder(run_dir)
+    try:
+        return int(json.loads(run.format.read_text())["format"])
+    except FileNotFoundError:
+        return 0 if run.config.is_file() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise TaskonomyError(f"{run.format} is unreadable; rebuild the run folder with "
+                             f"`taskonomy --run-dir {run_dir} run --force`") from None
+
+
+def check_format(run_dir: str | os.PathLike) -> None:
+    """Refuse a folder of another format version, naming the command that upgrades or rebuilds it."""
+    found = format_version(run_dir)
+    if found is None or found == FORMAT_VERSION:
+        return
+    if found < FORMAT_VERSION:
+        raise TaskonomyError(f"run folder {run_dir} has format {found}, this version reads format {FORMAT_VERSION}; "
+                             f"upgrade it with `taskonomy --run-dir {run_dir} upgrade`")
+    raise TaskonomyError(f"run folder {run_dir} has format {found}, newer than this version's {FORMAT_VERSION}; "
+                         f"use a newer taskonomy-engine")
+
+
+def write_format(run_dir: str | os.PathLike) -> None:
+    write_json(RunFolder(run_dir).format, {"format": FORMAT_VERSION})
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise TaskonomyError(f"cannot write {path}: {err.strerror or err}") from None
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    """`text` into `path` atomically."""
+    return _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json(path: Path, doc: Any) -> Path:
+    return write_text(path, json.dumps(doc, indent=2) + "\n")
+
+
+def _cell(value: Any, digits: int) -> str:
+    if isinstance(value, float) or type(value).__module__ == "numpy" and hasattr(value, "dtype") and \
+            value.dtype.kind == "f":
+        value = float(value)
+        return "" if math.isnan(value) else f"{value:.{digits}g}"
+    return "" if value is None else str(value)
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[Any]], digits: int = 12) -> Path:
+    """A CSV table (floats to `digits` significant digits, NaN and None as empty cells), atomically."""
+    text = io.StringIO()
+    out = csv.writer(text, lineterminator="\n")
+    out.writerow(header)
+    out.writerows([[_cell(v, digits) for v in row] for row in rows])
+    return write_text(path, text.getvalue())
+
+
+def save_figure(path: Path, figure: Any, dpi: int = 130) -> Path:
+    """A matplotlib Figure as PNG, atomically."""
+    return _atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=dpi))
