@@ -76,8 +76,10 @@ class RunFolder:
         object.__setattr__(self, "path", Path(path))
 
     def __getattr__(self, key: str) -> Path:
+        if key not in FILES:  # also while unpickling, before `path` exists
+            raise AttributeError(key)
         try:
-            return self.path / FILES[key]
+            return self.__dict__["path"] / FILES[key]
         except KeyError:
             raise AttributeError(key) from None
 
