@@ -17,12 +17,9 @@ Reads <run>/transfers.zarr (from `taskonomy transfer`) and writes into <run>:
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import math
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,68 +30,29 @@ import numpy as np
 from taskonomy import TaskonomyError, TaskonomyWarning
 from taskonomy import tasks as registry
 from taskonomy.ahp import kernels
+from taskonomy.artifacts import (BASELINES, SummaryRow, TargetLosses, read_losses, read_summary, write_affinity,
+                                 write_summary)
 from taskonomy.config import Config, content_hash
-from taskonomy.store import open_complete
+from taskonomy.runfolder import FILES, RunFolder, write_csv, write_json
 
-__all__ = ["AHP_VERSION", "OUTPUTS", "TargetLosses", "order_transfers", "read_transfers", "run_ahp"]
+__all__ = ["AHP_VERSION", "OUTPUTS", "AhpOutcome", "order_transfers", "run_ahp"]
 
 AHP_VERSION = "1"
-STAMP = "ahp.json"
-OUTPUTS = ("affinity.csv", "affinity_first_order.csv", "affinity_ci.csv", "ahp_summary.csv",
-           "affinity_heatmap.png")
-BASELINES = ("full", "scratch")
 
 
 @dataclass(frozen=True)
-class TargetLosses:
-    """One target's rows of transfers.zarr: per-image test losses (n_transfers, n_test)."""
+class AhpOutcome:
+    """What `run_ahp` did ("written" or "up to date") and the per-target summary (ahp_summary.csv)."""
 
-    target: str
-    transfers: list[str]
-    orders: list[int]
-    losses: np.ndarray
+    state: str
+    summary: list[SummaryRow]
 
 
-def _check_transfers(target: str, names: list[str], orders: list[int], n_rows: int) -> None:
-    where = f"transfers.zarr: target {target}"
-    if len(names) != n_rows or len(orders) != n_rows:
-        raise TaskonomyError(f"{where}: {len(names)} transfer names and {len(orders)} orders for {n_rows} rows")
-    if len(set(names)) != len(names):
-        raise TaskonomyError(f"{where}: a transfer is listed twice")
-    for name, order in zip(names, orders):
-        sources = [] if name in BASELINES else name.split("+")
-        for source in sources:
-            try:
-                registry.validate_name(source)
-            except TaskonomyError as err:
-                raise TaskonomyError(f"{where}: transfer {name!r}: {err}") from None
-        if order != len(sources):
-            raise TaskonomyError(f"{where}: transfer {name} has order {order}, expected {len(sources)}")
+OUTPUTS = tuple(FILES[k] for k in ("affinity", "affinity_first_order", "affinity_ci", "ahp_summary", "heatmap"))
 
 
-def read_transfers(path: Path) -> tuple[dict[str, Any], list[TargetLosses]]:
-    """Root attributes and every complete target; a target not marked complete is skipped with a warning."""
-    root = open_complete(path, "taskonomy transfer")
-    attrs = dict(root.attrs)
-    n_test = len(attrs.get("test_index", [])) or None
-    found = []
-    for target in attrs.get("targets", []):
-        group = root.get(target)
-        if group is None or "losses" not in group or not group.attrs.get("complete", False):
-            warnings.warn(f"target {target} is not complete in {path}; it is left out of the affinities",
-                          TaskonomyWarning, stacklevel=2)
-            continue
-        losses = np.asarray(group["losses"][...], dtype=np.float64)  # (n_transfers, n_test)
-        names = [str(n) for n in group.attrs.get("transfers", [])]
-        orders = [int(o) for o in group.attrs.get("orders", [])]
-        if losses.ndim != 2 or (n_test is not None and losses.shape[1] != n_test):
-            raise TaskonomyError(f"transfers.zarr: target {target}: losses of shape {losses.shape}, expected "
-                                 f"(n_transfers, {n_test or 'n_test'})")
-        _check_transfers(target, names, orders, losses.shape[0])
-        found.append(TargetLosses(target, names, orders, kernels.check_losses(losses, target, names)))
-    if not found:
-        raise TaskonomyError(f"{path} holds no complete target; run `taskonomy transfer`")
-    return attrs, found
+def _outputs(run: RunFolder) -> list[Path]:
+    return [run.path / name for name in OUTPUTS]
 
 
 def order_transfers(names: set[str], sources: list[str]) -> list[str]:
@@ -116,32 +74,12 @@ def _input_hash(attrs: dict[str, Any], targets: list[TargetLosses], config: Conf
     return content_hash(AHP_VERSION, attrs, digests, config.ahp.model_dump(mode="json"), config.seed)
 
 
-def _up_to_date(run_dir: Path, digest: str) -> bool:
+def _up_to_date(run: RunFolder, digest: str) -> bool:
     try:
-        stamp = json.loads((run_dir / STAMP).read_text())
+        stamp = json.loads(run.ahp_stamp.read_text())
     except (OSError, ValueError):
         return False
-    return stamp.get("hash") == digest and all((run_dir / name).exists() for name in OUTPUTS)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, (float, np.floating)):
-        return "" if math.isnan(value) else f"{float(value):.12g}"
-    return "" if value is None else str(value)
-
-
-def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    text = io.StringIO()
-    out = csv.writer(text, lineterminator="\n")
-    out.writerow(header)
-    out.writerows([[_cell(v) for v in row] for row in rows])
-    _write_atomic(path, text.getvalue())
+    return stamp.get("hash") == digest and all(path.exists() for path in _outputs(run))
 
 
 def _compute(targets: list[TargetLosses], config: Config) -> tuple[kernels.AhpResult, list]:
@@ -168,22 +106,26 @@ def _compute(targets: list[TargetLosses], config: Config) -> tuple[kernels.AhpRe
     return result, boots
 
 
-def _tables(targets: list[TargetLosses], columns: list[str], result: kernels.AhpResult, boots: list) -> dict:
-    affinity_rows, ci_rows, summary_rows = [], [], []
-    for t, vector, lam, its, conv, boot in zip(targets, result.vectors, result.lambda_max, result.iterations,
-                                               result.converged, boots):
+def _tables(targets: list[TargetLosses], columns: list[str], result: kernels.AhpResult,
+            boots: list) -> tuple[np.ndarray, list[list[Any]], list[SummaryRow]]:
+    """(affinity matrix targets x columns, rows of affinity_ci.csv, the summary per target)."""
+    affinity = np.full((len(targets), len(columns)), math.nan)
+    ci_rows, summary = [], []
+    for r, (t, vector, lam, its, conv, boot) in enumerate(zip(targets, result.vectors, result.lambda_max,
+                                                              result.iterations, result.converged, boots)):
         by_name = dict(zip(t.transfers, vector))
-        affinity_rows.append([t.target] + [by_name.get(c, math.nan) for c in columns])
+        affinity[r] = [by_name.get(c, math.nan) for c in columns]
         for i, name in enumerate(t.transfers):
             low, high = (boot.low[i], boot.high[i]) if boot else (math.nan, math.nan)
             ci_rows.append([t.target, name, t.orders[i], vector[i], low, high])
         first = [i for i, o in enumerate(t.orders) if o == 1]
         top = boot.top if boot else (max(first, key=lambda i: vector[i]) if first else None)
-        summary_rows.append([
-            t.target, len(t.transfers), t.losses.shape[1], float(lam), kernels.consistency_ratio(lam, len(vector)),
-            int(its), bool(conv), t.transfers[top] if top is not None else "", vector[top] if top is not None
-            else math.nan, boot.top_stability if boot else math.nan])
-    return {"affinity": affinity_rows, "ci": ci_rows, "summary": summary_rows}
+        summary.append(SummaryRow(
+            t.target, len(t.transfers), int(t.losses.shape[1]), float(lam),
+            float(kernels.consistency_ratio(lam, len(vector))), int(its), bool(conv),
+            t.transfers[top] if top is not None else None, float(vector[top]) if top is not None else math.nan,
+            float(boot.top_stability) if boot else math.nan))
+    return affinity, ci_rows, summary
 
 
 def _first_order_views(targets: list[TargetLosses], sources: list[str],
@@ -201,33 +143,35 @@ def _first_order_views(targets: list[TargetLosses], sources: list[str],
     return affinity, ratio
 
 
-def run_ahp(config: Config, run_dir: Path, force: bool = False) -> dict[str, Any]:
-    """Stage III end to end; returns {"state": "written" | "up to date", "summary": rows of ahp_summary.csv}."""
-    run_dir = Path(run_dir)
-    attrs, targets = read_transfers(run_dir / "transfers.zarr")
-    digest = _input_hash(attrs, targets, config)
-    summary_path = run_dir / "ahp_summary.csv"
-    if not force and _up_to_date(run_dir, digest):
-        with summary_path.open(newline="") as handle:
-            return {"state": "up to date", "summary": list(csv.DictReader(handle))}
-    columns = order_transfers({n for t in targets for n in t.transfers}, list(attrs.get("sources", [])))
+def run_ahp(config: Config, run_dir: str | Path, force: bool = False) -> AhpOutcome:
+    """Stage III end to end: the affinity tables, intervals, summary and heatmap of every complete target."""
+    run = RunFolder(run_dir)
+    table = read_losses(run.path, purpose="the affinities")
+    targets = list(table.targets.values())
+    if not targets:
+        raise TaskonomyError(f"{table.path} holds no complete target; run `taskonomy transfer`")
+    for t in targets:
+        kernels.check_losses(t.losses, t.target, t.transfers)
+    digest = _input_hash(table.attrs, targets, config)
+    if not force and _up_to_date(run, digest):
+        return AhpOutcome("up to date", read_summary(run.path))
+    columns = order_transfers({n for t in targets for n in t.transfers}, table.sources)
     first_order = [c for c in columns if c not in BASELINES and "+" not in c]
     result, boots = _compute(targets, config)
-    tables = _tables(targets, columns, result, boots)
-    (run_dir / STAMP).unlink(missing_ok=True)  # outputs half replaced must never look up to date
-    _write_csv(run_dir / "affinity.csv", ["target", *columns], tables["affinity"])
-    first_rows = [[row[0]] + [row[1 + columns.index(c)] for c in first_order] for row in tables["affinity"]]
-    _write_csv(run_dir / "affinity_first_order.csv", ["target", *first_order], first_rows)
-    _write_csv(run_dir / "affinity_ci.csv", ["target", "transfer", "order", "affinity", "low", "high"], tables["ci"])
-    header = ["target", "transfers", "images", "lambda_max", "consistency_ratio", "iterations", "converged",
-              "top_source", "top_source_affinity", "top_source_stability"]
-    _write_csv(summary_path, header, tables["summary"])
+    affinity, ci_rows, summary = _tables(targets, columns, result, boots)
+    run.ahp_stamp.unlink(missing_ok=True)  # outputs half replaced must never look up to date
+    names = [t.target for t in targets]
+    write_affinity(run.affinity, names, columns, affinity)
+    # the same numbers, not renormalised: one transfer has one affinity in every file
+    write_affinity(run.affinity_first_order, names, first_order, affinity[:, [columns.index(c) for c in first_order]])
+    write_csv(run.affinity_ci, ["target", "transfer", "order", "affinity", "low", "high"], ci_rows)
+    write_summary(run.ahp_summary, summary)
     from taskonomy.ahp.heatmap import plot_affinity_heatmap  # matplotlib only when there is something to plot
 
-    affinity, ratio = _first_order_views(targets, first_order, result)
-    plot_affinity_heatmap(run_dir / "affinity_heatmap.png", [t.target for t in targets], first_order, affinity,
-                          ratio, title=f"Task affinities, first order ({config.name}, "
-                                       f"{targets[0].losses.shape[1]} test images)")
-    _write_atomic(run_dir / STAMP, json.dumps({"hash": digest, "version": AHP_VERSION, "outputs": list(OUTPUTS),
-                                               "targets": [t.target for t in targets]}, indent=1) + "\n")
-    return {"state": "written", "summary": [dict(zip(header, map(_cell, row))) for row in tables["summary"]]}
+    first, ratio = _first_order_views(targets, first_order, result)
+    plot_affinity_heatmap(run.heatmap, names, first_order, first, ratio,
+                          title=f"Task affinities, first order ({config.name}, {targets[0].losses.shape[1]} test "
+                                f"images)")
+    write_json(run.ahp_stamp, {"hash": digest, "version": AHP_VERSION, "outputs": [p.name for p in _outputs(run)],
+                               "targets": names})
+    return AhpOutcome("written", summary)

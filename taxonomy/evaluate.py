@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from taskonomy import TaskonomyError
+from taskonomy.artifacts import TargetLosses
 from taskonomy.taxonomy.bip import Problem, Transfer, solve
 
 __all__ = [
-    "QUALITY_LEVELS", "SweepPoint", "TargetLosses", "policy_scores", "supervision_saved", "sweep", "win_rate",
+    "QUALITY_LEVELS", "SweepPoint", "policy_scores", "supervision_saved", "sweep", "win_rate",
 ]
 
 QUALITY_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.45, 0.5)  # average quality asked of a policy; 0.5 = as if all labelled
@@ -31,21 +31,6 @@ def win_rate(losses: np.ndarray, other: np.ndarray) -> float:
     return float(np.mean(losses < other)) if len(losses) else math.nan
 
 
-@dataclass(frozen=True)
-class TargetLosses:
-    """Per-image test losses of every transfer tried into one target: names[i] is the transfer of row i."""
-
-    names: list[str]
-    losses: np.ndarray  # (n_transfers, n_test)
-
-    def row(self, name: str, target: str) -> np.ndarray:
-        try:
-            return self.losses[self.names.index(name)]
-        except ValueError:
-            raise TaskonomyError(f"transfers.zarr/{target} has no row {name!r} (rows: {', '.join(self.names)})"
-                                 ) from None
-
-
 def policy_scores(policy: Mapping[str, str], losses: Mapping[str, TargetLosses]) -> dict[str, tuple[float, float]]:
     """(gain, quality) per target of `policy` (target -> transfer name) that has losses; quality NaN without "full"."""
     scores = {}
@@ -53,11 +38,11 @@ def policy_scores(policy: Mapping[str, str], losses: Mapping[str, TargetLosses])
         if target not in losses:
             continue
         table = losses[target]
-        chosen, scratch = table.row(name, target), table.row("scratch", target)
+        chosen, scratch = table.row(name), table.row("scratch")
         if name == "full":
             scores[target] = (win_rate(chosen, scratch), 0.5)
             continue
-        full = table.row("full", target) if "full" in table.names else None
+        full = table.row("full") if "full" in table.transfers else None
         scores[target] = (win_rate(chosen, scratch), math.nan if full is None else win_rate(chosen, full))
     return scores
 

@@ -1,0 +1,360 @@
+"""The one reader and the one writer of each artifact that more than one stage touches.
+
+    from taskonomy.artifacts import read_losses, read_affinity
+    table = read_losses("runs/default")           # transfers.zarr: per-image test losses per target
+    table["normal"].row("reshading")               # (n_test,) float64
+    affinity = read_affinity("runs/default")       # affinity.csv: targets x transfers, rows sum to 1
+
+transfers.zarr (stage II writes, stages III and IV, the report and the Python API read): per target a group
+with `losses` [n_transfers, n_test] float64 and attributes `transfers` (row names), `orders`, `stamps`,
+`stamp`, `loss`, `complete`. Row names are "full" (the target's stage I network), "scratch" (the stage I
+architecture trained on the transfer split), or the sources of a readout sorted and joined by "+".
+affinity.csv (stage III writes, stage IV, the report and the API read): a `target` column, then one column
+per transfer, empty where a target did not try it. Readers check what they read and raise one-line
+TaskonomyErrors naming the file; a damaged store is named with its array and the command that rebuilds it.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from taskonomy import TaskonomyError, TaskonomyWarning
+from taskonomy import tasks as registry
+from taskonomy.runfolder import REBUILD, RunFolder, write_csv
+
+__all__ = [
+    "BASELINES", "AffinityTable", "LossTable", "SummaryRow", "TargetLosses", "canonical_transfer", "existing_rows",
+    "read_affinity", "read_affinity_ci", "read_losses", "read_summary", "transfer_name", "write_affinity",
+    "write_summary", "write_target_losses",
+]
+
+BASELINES = ("full", "scratch")
+
+
+def transfer_name(sources: Sequence[str]) -> str:
+    """The canonical row name of a transfer: its sources sorted and joined by '+' (names hold no '+')."""
+    return "+".join(sorted(sources))
+
+
+def canonical_transfer(name: str, where: str) -> str:
+    """A transfer's canonical name: "full", "scratch", or valid task names sorted and joined by "+"."""
+    name = name.strip()
+    if name in BASELINES:
+        return name
+    parts = name.split("+")
+    try:
+        for part in parts:
+            registry.validate_name(part)
+    except TaskonomyError as err:
+        raise TaskonomyError(f"{where}: transfer {name!r}: {err}") from None
+    if len(set(parts)) != len(parts):
+        raise TaskonomyError(f"{where}: transfer {name!r} names a source twice")
+    return transfer_name(parts)
+
+
+def order_of(name: str) -> int:
+    """Sources read by a transfer: 0 for the baselines."""
+    return 0 if name in BASELINES else name.count("+") + 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# transfers.zarr
+
+
+@dataclass(frozen=True)
+class TargetLosses:
+    """One target's rows of transfers.zarr: per-image test losses (n_transfers, n_test)."""
+
+    target: str
+    transfers: list[str]
+    orders: list[int]
+    losses: np.ndarray  # (n_transfers, n_test) float64
+    stamps: list[str] = field(default_factory=list)
+
+    def row(self, name: str) -> np.ndarray:
+        """The per-image test losses of transfer `name`."""
+        try:
+            return self.losses[self.transfers.index(name)]
+        except ValueError:
+            raise TaskonomyError(f"transfers.zarr/{self.target} has no row {name!r} "
+                                 f"(rows: {', '.join(self.transfers)})") from None
+
+
+@dataclass(frozen=True)
+class LossTable:
+    """transfers.zarr as read: its root attributes and every complete target asked for, in store order."""
+
+    path: Path
+    attrs: dict[str, Any]
+    targets: dict[str, TargetLosses]
+
+    def __getitem__(self, target: str) -> TargetLosses:
+        try:
+            return self.targets[target]
+        except KeyError:
+            raise TaskonomyError(f"{self.path} has no complete target {target!r} "
+                                 f"(targets: {', '.join(self.targets)})") from None
+
+    @property
+    def test_index(self) -> list[int]:
+        """data.zarr image indices of the test images, the columns of every loss table."""
+        return [int(i) for i in self.attrs.get("test_index", [])]
+
+    @property
+    def sources(self) -> list[str]:
+        return [str(s) for s in self.attrs.get("sources", [])]
+
+
+@contextmanager
+def _damage_named(path: Path, rebuild: str) -> Iterator[None]:
+    """A failed read of a store becomes the one-line error the CLI prints: the damaged array, chunk and
+    the command that rebuilds the store (Zarr's own exceptions never reach the user)."""
+    try:
+        yield
+    except TaskonomyError:
+        raise
+    except Exception as err:
+        from taskonomy.store import find_damage
+
+        problem = find_damage(path) or f"cannot be read ({type(err).__name__}: {str(err)[:120]})"
+        raise TaskonomyError(f"{path}: {problem}; rebuild it with `{rebuild} --force`") from None
+
+
+def _check_rows(where: str, names: list[str], orders: list[int], n_rows: int) -> list[str]:
+    if len(names) != n_rows or len(orders) != n_rows:
+        raise TaskonomyError(f"{where}: {len(names)} transfer names and {len(orders)} orders for {n_rows} rows")
+    names = [canonical_transfer(str(n), where) for n in names]
+    if len(set(names)) != len(names):
+        raise TaskonomyError(f"{where}: a transfer is listed twice")
+    for name, order in zip(names, orders, strict=True):
+        if order != order_of(name):
+            raise TaskonomyError(f"{where}: transfer {name} has order {order}, expected {order_of(name)}")
+    return names
+
+
+def read_losses(run_dir: str | os.PathLike, targets: Sequence[str] | None = None,
+                purpose: str = "the results") -> LossTable:
+    """Per-image test losses of `targets` (default: every target of the store) from a complete transfers.zarr.
+
+    A target not complete there is left out with a TaskonomyWarning (`purpose` says from what).
+    """
+    from taskonomy.store import open_complete
+
+    path = RunFolder(run_dir).transfers
+    rebuild = REBUILD["transfers"]
+    with _damage_named(path, rebuild):
+        root = open_complete(path, rebuild)
+        attrs = dict(root.attrs)
+        n_test = len(attrs.get("test_index", [])) or None
+        found: dict[str, TargetLosses] = {}
+        for target in (list(attrs.get("targets", [])) if targets is None else list(targets)):
+            group = root.get(target)
+            if group is None or "losses" not in group or not group.attrs.get("complete", False):
+                state = "is missing from" if group is None else "is not complete in"
+                warnings.warn(f"target {target} {state} {path}; it is left out of {purpose}", TaskonomyWarning,
+                              stacklevel=2)
+                continue
+            where = f"{path}/{target}"
+            losses = np.asarray(group["losses"][...], dtype=np.float64)
+            if losses.ndim != 2 or (n_test is not None and losses.shape[1] != n_test):
+                raise TaskonomyError(f"{where}: losses of shape {losses.shape}, expected "
+                                     f"(n_transfers, {n_test or 'n_test'})")
+            names = _check_rows(where, list(group.attrs.get("transfers", [])),
+                                [int(o) for o in group.attrs.get("orders", [])], losses.shape[0])
+            bad = ~np.isfinite(losses)
+            if bad.any():
+                row = int(np.flatnonzero(bad.any(axis=1))[0])
+                raise TaskonomyError(f"{path}: target {target}: transfer {names[row]} has NaN/inf test losses "
+                                     f"({int(bad[row].sum())} of {bad.shape[1]} images); rebuild it with "
+                                     f"`{rebuild} --force`")
+            found[target] = TargetLosses(target, names, [order_of(n) for n in names], losses,
+                                         [str(s) for s in group.attrs.get("stamps", [])])
+    if len({t.losses.shape[1] for t in found.values()}) > 1:
+        raise TaskonomyError(f"{path}: targets were tested on different numbers of images")
+    return LossTable(path, attrs, found)
+
+
+def existing_rows(store: Any, target: str) -> dict[str, tuple[str, np.ndarray]]:
+    """Rows of an earlier run of `target` that were fully written (first order at least): name -> (stamp,
+    losses). Missing, half-written or garbled groups give nothing to reuse."""
+    try:
+        group = store[target]
+        names, stamps = group.attrs["transfers"], group.attrs["stamps"]
+        if not group.attrs.get("rows_written"):
+            return {}
+        losses = np.asarray(group["losses"][:])
+    except Exception:
+        return {}
+    return {n: (s, losses[i]) for i, (n, s) in enumerate(zip(names, stamps, strict=True))}
+
+
+def write_target_losses(store: Any, target: str, rows: list[tuple[str, str, np.ndarray]], stamp: str, loss: str,
+                        complete: bool) -> None:
+    """(Re)write /<target> whole from rows (name, stamp, per-image losses) in their order; `complete` last."""
+    from taskonomy.store import codecs
+
+    losses = np.stack([r[2] for r in rows]).astype(np.float64)
+    group = store.create_group(target, overwrite=True)
+    array = group.create_array("losses", shape=losses.shape, dtype="float64", chunks=losses.shape, **codecs())
+    array[...] = losses
+    group.attrs.update({"transfers": [r[0] for r in rows], "orders": [order_of(r[0]) for r in rows],
+                        "stamps": [r[1] for r in rows], "stamp": stamp, "loss": loss, "rows_written": True,
+                        "complete": complete})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# affinity.csv and its companions
+
+
+@dataclass(frozen=True)
+class AffinityTable:
+    """affinity.csv: targets (rows) x transfers (columns, canonical names), NaN where not tried."""
+
+    path: Path
+    targets: list[str]
+    transfers: list[str]
+    values: np.ndarray  # (n_targets, n_transfers)
+
+    def row(self, target: str) -> dict[str, float]:
+        """The transfers tried into `target` and their affinities."""
+        values = self.values[self.targets.index(target)]
+        return {t: float(v) for t, v in zip(self.transfers, values, strict=True) if not math.isnan(v)}
+
+
+_ROW_SUM_TOLERANCE = 1e-3  # AHP rows sum to 1; the CSV's rounding may leave a little
+
+
+def _read_rows(path: Path, what: str) -> list[list[str]]:
+    try:
+        with path.open(newline="") as handle:
+            return list(csv.reader(handle))
+    except FileNotFoundError:
+        raise TaskonomyError(f"{path} does not exist; {what}") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise TaskonomyError(f"cannot read {path}: {err}") from None
+
+
+def _number(cell: str, where: str, column: str) -> float:
+    try:
+        return float(cell) if cell.strip() else math.nan
+    except ValueError:
+        raise TaskonomyError(f"{where}, column {column}: expected a number or nothing, got {cell!r}") from None
+
+
+def read_affinity(run_dir: str | os.PathLike) -> AffinityTable:
+    """Parse and check affinity.csv: a 'target' column, one column per transfer, values in [0, 1], rows sum to 1."""
+    path = RunFolder(run_dir).affinity
+    rows = _read_rows(path, "compute the affinities (stage III, `taskonomy ahp`) first")
+    if not rows or not rows[0] or rows[0][0].strip() != "target":
+        raise TaskonomyError(f"{path}: expected a header whose first column is 'target'")
+    columns = [canonical_transfer(c, str(path)) for c in rows[0][1:]]
+    if len(set(columns)) != len(columns):
+        raise TaskonomyError(f"{path}: a transfer column appears twice")
+    targets, values = [], []
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        where = f"{path} line {line}"
+        if len(row) != len(rows[0]):
+            raise TaskonomyError(f"{where}: expected {len(rows[0])} cells, got {len(row)}")
+        target = row[0].strip()
+        try:
+            registry.validate_name(target)
+        except TaskonomyError as err:
+            raise TaskonomyError(f"{where}: {err}") from None
+        if target in targets:
+            raise TaskonomyError(f"{where}: target {target} has a second row")
+        cells = [_number(cell, where, column) for column, cell in zip(columns, row[1:], strict=True)]
+        for column, value, cell in zip(columns, cells, row[1:], strict=True):
+            if not (math.isnan(value) or 0 <= value <= 1):
+                raise TaskonomyError(f"{where}, column {column}: an affinity lies in [0, 1], got {cell.strip()}")
+            if column not in BASELINES and target in column.split("+") and not math.isnan(value):
+                raise TaskonomyError(f"{where}: transfer {column} into {target} reads the target itself; use 'full'")
+        total = float(np.nansum(cells))
+        if abs(total - 1) > _ROW_SUM_TOLERANCE:
+            raise TaskonomyError(f"{where}: the affinities of target {target} sum to {total:.4f}, expected 1")
+        targets.append(target)
+        values.append(cells)
+    if not targets:
+        raise TaskonomyError(f"{path}: no target rows")
+    return AffinityTable(path, targets, columns, np.array(values, dtype=np.float64).reshape(len(targets), -1))
+
+
+def write_affinity(path: Path, targets: list[str], transfers: list[str], values: np.ndarray) -> Path:
+    """affinity.csv (or a view of it: affinity_first_order.csv), NaN as empty cells."""
+    return write_csv(path, ["target", *transfers], [[t, *row] for t, row in zip(targets, values.tolist(),
+                                                                                 strict=True)])
+
+
+def read_affinity_ci(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """affinity_ci.csv: per target and transfer, its order, affinity and bootstrap interval (NaN: none)."""
+    path = RunFolder(run_dir).affinity_ci
+    rows = _read_rows(path, "`taskonomy ahp` writes it")
+    header = [h.strip() for h in rows[0]] if rows else []
+    expected = ["target", "transfer", "order", "affinity", "low", "high"]
+    if header != expected:
+        raise TaskonomyError(f"{path}: expected the columns {', '.join(expected)}")
+    out = []
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(expected):
+            raise TaskonomyError(f"{path} line {line}: expected {len(expected)} cells, got {len(row)}")
+        where = f"{path} line {line}"
+        out.append({"target": row[0], "transfer": row[1], "order": int(_number(row[2], where, "order")),
+                    **{k: _number(v, where, k) for k, v in zip(expected[3:], row[3:], strict=True)}})
+    return out
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """ahp_summary.csv, one target: AHP's consistency, the power iteration, and the top first-order source."""
+
+    target: str
+    transfers: int
+    images: int
+    lambda_max: float
+    consistency_ratio: float
+    iterations: int
+    converged: bool
+    top_source: str | None
+    top_source_affinity: float  # NaN without a first-order transfer
+    top_source_stability: float  # share of bootstrap resamples where it stays on top; NaN without bootstrap
+
+
+_SUMMARY = [f for f in SummaryRow.__dataclass_fields__]
+
+
+def write_summary(path: Path, rows: list[SummaryRow]) -> Path:
+    return write_csv(path, _SUMMARY, [[getattr(r, f) for f in _SUMMARY] for r in rows])
+
+
+def read_summary(run_dir: str | os.PathLike) -> list[SummaryRow]:
+    path = RunFolder(run_dir).ahp_summary
+    rows = _read_rows(path, "`taskonomy ahp` writes it")
+    if not rows or [h.strip() for h in rows[0]] != _SUMMARY:
+        raise TaskonomyError(f"{path}: expected the columns {', '.join(_SUMMARY)}")
+    out = []
+    for line, row in enumerate(rows[1:], start=2):
+        where = f"{path} line {line}"
+        if len(row) != len(_SUMMARY):
+            raise TaskonomyError(f"{where}: expected {len(_SUMMARY)} cells, got {len(row)}")
+        cell = dict(zip(_SUMMARY, row, strict=True))
+        try:
+            out.append(SummaryRow(cell["target"], int(cell["transfers"]), int(cell["images"]),
+                                  _number(cell["lambda_max"], where, "lambda_max"),
+                                  _number(cell["consistency_ratio"], where, "consistency_ratio"),
+                                  int(cell["iterations"]), cell["converged"] == "True", cell["top_source"] or None,
+                                  _number(cell["top_source_affinity"], where, "top_source_affinity"),
+                                  _number(cell["top_source_stability"], where, "top_source_stability")))
+        except ValueError as err:
+            raise TaskonomyError(f"{where}: {err}") from None
+    return out
