@@ -42,7 +42,7 @@ def main() -> None:
     from taskonomy.extract.features import extract_features
     from taskonomy.extract.networks import build_network
     from taskonomy.extract.pipeline import _torch_source
-    from taskonomy.extract.stage1 import resolve_device
+    from taskonomy.torchutil import resolve_device
     from taskonomy.scenes.dataset import build_data, open_data
     from taskonomy.transfer.train import ReadoutJob, train_readouts
 

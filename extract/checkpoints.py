@@ -15,12 +15,13 @@ from typing import Any
 import torch
 
 from taskonomy import TaskonomyError
+from taskonomy.runfolder import RunFolder
 
 __all__ = ["checkpoint_path", "load_checkpoint", "save_checkpoint", "stored_hash"]
 
 
 def checkpoint_path(run_dir: Path, task: str) -> Path:
-    return Path(run_dir) / "models" / f"{task}.pt"
+    return RunFolder(run_dir).checkpoint(task)
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:

@@ -25,12 +25,12 @@ from taskonomy.extract.features import Source, extract_features
 from taskonomy.extract.networks import build_network, prepare_images
 from taskonomy.extract.stage1 import (baseline_losses, quality_row, resolve_device, restore_network, test_losses,
                                       train_task)
+from taskonomy.runfolder import RunFolder
 from taskonomy.scenes.dataset import data_hash, open_data
 
-__all__ = ["STAGE1_VERSION", "build_sources", "extract_all", "source_names", "train_all"]
+__all__ = ["STAGE1_VERSION", "added_network", "build_sources", "extract_all", "source_names", "train_all"]
 
 STAGE1_VERSION = "2"
-QUALITY_FILE = "stage1_quality.csv"
 CONTROLS = ("random", "pixels")
 
 
@@ -59,7 +59,7 @@ def _task_seed(seed: int, task: str) -> int:
 
 def train_all(config: Config, run_dir: Path, force: bool = False, progress: bool = True) -> list[dict]:
     """Train (or keep) one network per source task; writes the quality table; returns its rows."""
-    data = open_data(run_dir / "data.zarr", config)
+    data = open_data(RunFolder(run_dir).data, config)
     device = resolve_device(config.train.device)
     rows = []
     for task in trained_tasks(config, list(data.attrs["tasks"])):
@@ -78,8 +78,27 @@ def train_all(config: Config, run_dir: Path, force: bool = False, progress: bool
                                "test_losses": torch.from_numpy(test),
                                "validation_losses": result.validation_losses})
         rows.append({**row, "status": "trained"})
-    _write_quality(run_dir / QUALITY_FILE, rows)
+    _write_quality(RunFolder(run_dir).stage1_quality, rows)
     return rows
+
+
+def added_network(config: Config, run_dir: Path, added, labels: np.ndarray, data, device: torch.device,
+                  progress: bool = True) -> tuple[dict, int]:
+    """The stage I network of a target added from the cache (its `full` row: the same architecture trained on
+    the train split with its labels), from its checkpoint when that is up to date, else trained now and saved.
+    Returns (checkpoint payload, 1 if trained now else 0)."""
+    task, path = added.task, RunFolder(run_dir).checkpoint(added.task.name)
+    stamp = content_hash(_model_hash(config, data_hash(data), task.name), added.labels_hash)
+    if stored_hash(path) == stamp:
+        return load_checkpoint(path), 0
+    seed = _task_seed(config.seed, task.name)
+    result = train_task(task, data, config.train, seed, device, progress=progress, labels=labels)
+    test = test_losses(task, result.network, result.scaler, data, "test", device, labels=labels)
+    payload = {"hash": stamp, "task": task.name, "state_dict": result.state_dict, "scaler": result.scaler,
+               "test_losses": torch.from_numpy(test), "epoch_losses": result.epoch_losses,
+               "validation_losses": result.validation_losses, "best_epoch": result.best_epoch}
+    save_checkpoint(path, payload)
+    return payload, 1
 
 
 def _write_quality(path: Path, rows: list[dict]) -> None:
@@ -151,9 +170,9 @@ def build_sources(config: Config, run_dir: Path, names: list[str], size: int, de
 
 def extract_all(config: Config, run_dir: Path, force: bool = False, progress: bool = True) -> dict[str, str]:
     """Fill features.zarr with every source; returns {source: outcome}."""
-    data = open_data(run_dir / "data.zarr", config)
+    data = open_data(RunFolder(run_dir).data, config)
     device = resolve_device(config.train.device)
     names = source_names(config, list(data.attrs["tasks"]))
     sources = build_sources(config, run_dir, names, int(data.attrs["image_size"]), device, data_hash(data))
-    return extract_features(run_dir / "features.zarr", data, sources, batch=config.extract.batch,
+    return extract_features(RunFolder(run_dir).features, data, sources, batch=config.extract.batch,
                             chunk_images=config.extract.chunk_images, force=force, progress=progress)

@@ -20,11 +20,9 @@ while its test loss rises above the baseline's); the held-out scenes catch that 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,60 +36,17 @@ from taskonomy.config import TrainConfig
 from taskonomy.extract.networks import TaskNetwork, build_network, prepare_images
 from taskonomy.losses import get_loss
 from taskonomy.tasks import Task
+from taskonomy.torchutil import (CLASS_LOSSES, EVAL_BATCH, LabelScaler, channel_axes, deterministic, fit_scaler,
+                                 resolve_device)
 
-__all__ = ["CLASS_LOSSES", "LabelScaler", "TrainResult", "baseline_losses", "fit_scaler", "input_arrays",
+__all__ = ["CLASS_LOSSES", "LabelScaler", "TrainResult", "as_task", "baseline_losses", "fit_scaler", "input_arrays",
            "load_split", "quality_row", "resolve_device", "restore_network", "test_losses", "train_task",
            "validation_mask", "deterministic"]
 
-CLASS_LOSSES = ("ce", "ce_dense", "soft_ce", "bce")
-EVAL_BATCH = 256
 # pair tasks whose label does not change when the two views are swapped: training swaps a random half
 # of each batch, which doubles the pairs seen (point matching memorises 500 pairs within a few epochs)
 SYMMETRIC_PAIRS = frozenset({"point_matching"})
 WARMUP_FRACTION = 0.05  # of all steps: a short linear warm-up keeps AdamW's first steps from overshooting
-
-
-@dataclass
-class LabelScaler:
-    """Per-channel standardisation of regression labels: (y - mean) / std. Empty lists = identity."""
-
-    mean: list[float] = field(default_factory=list)
-    std: list[float] = field(default_factory=list)
-
-    def apply(self, labels: torch.Tensor) -> torch.Tensor:
-        """Scale a batch of labels (B, C, ...) to float32; class labels pass through unchanged."""
-        if not self.mean:
-            return labels
-        shape = (1, len(self.mean)) + (1,) * (labels.ndim - 2)
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=labels.device).view(shape)
-        std = torch.tensor(self.std, dtype=torch.float32, device=labels.device).view(shape)
-        return (labels.float() - mean) / std
-
-    def as_dict(self) -> dict[str, list[float]]:
-        return asdict(self)
-
-    @classmethod
-    def from_any(cls, value: LabelScaler | dict[str, Any] | None) -> LabelScaler:
-        if value is None or isinstance(value, LabelScaler):
-            return value or cls()
-        return cls(list(value.get("mean", [])), list(value.get("std", [])))
-
-
-def _channel_axes(labels: np.ndarray) -> tuple[int, ...]:
-    """Every axis except the channel axis 1: images (and pixels for dense labels)."""
-    return (0, *range(2, labels.ndim))
-
-
-def fit_scaler(task: Task, labels: np.ndarray) -> LabelScaler:
-    """The standardisation of `task`'s regression labels (N, C, ...) fitted on them; identity for classes."""
-    if task.loss in CLASS_LOSSES:
-        return LabelScaler()
-    axes = _channel_axes(labels)
-    mean = labels.mean(axis=axes, dtype=np.float64)
-    std = labels.std(axis=axes, dtype=np.float64)
-    # a constant channel carries nothing to learn; std 1 keeps it finite instead of dividing by zero
-    std = np.where(std > 1e-8, std, 1.0)
-    return LabelScaler(mean.tolist(), std.tolist())
 
 
 @dataclass
@@ -111,16 +66,6 @@ class TrainResult:
     network: TaskNetwork | None = field(default=None, repr=False)  # the same weights, ready for test_losses
 
 
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """'auto' (or None) is CUDA when present, else CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TaskonomyError("train.device is 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'")
-    return device
-
-
 def input_arrays(task: Task) -> tuple[str, str | None]:
     """data.zarr arrays the network reads: (first input, second view or None)."""
     if task.head == "pair":
@@ -128,9 +73,19 @@ def input_arrays(task: Task) -> tuple[str, str | None]:
     return ("images/rgb" if task.modality == "rgb" else f"inputs/{task.modality}"), None
 
 
-def load_split(task: Task, data: zarr.Group, split: str) -> tuple[torch.Tensor, torch.Tensor | None, np.ndarray]:
-    """(inputs uint8 (N, C, S, S), second views or None, labels in their stored dtype) of one split."""
-    for needed in (f"splits/{split}", f"labels/{task.name}", *filter(None, input_arrays(task))):
+def as_task(task: Task | str) -> Task:
+    """A Task as it is, or the registered task of that name (a target added from the cache travels as a Task)."""
+    return task if isinstance(task, Task) else registry.get(task)
+
+
+def load_split(task: Task, data: zarr.Group, split: str,
+               labels: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None, np.ndarray]:
+    """(inputs uint8 (N, C, S, S), second views or None, labels in their stored dtype) of one split.
+
+    `labels`: one label per data.zarr image (a target added from the cache); default data.zarr's labels.
+    """
+    label_array = [] if labels is not None else [f"labels/{task.name}"]
+    for needed in (f"splits/{split}", *label_array, *filter(None, input_arrays(task))):
         if needed not in data:
             raise TaskonomyError(f"data.zarr has no {needed!r} (task {task.name}); regenerate it with "
                                  f"`taskonomy data` for a config that lists {task.name}")
@@ -143,30 +98,13 @@ def load_split(task: Task, data: zarr.Group, split: str) -> tuple[torch.Tensor, 
 
     first, second = input_arrays(task)
     x_b = torch.from_numpy(read(second)) if second else None
-    return torch.from_numpy(read(first)), x_b, read(f"labels/{task.name}")
+    y = labels[index] if labels is not None else read(f"labels/{task.name}")
+    return torch.from_numpy(read(first)), x_b, y
 
 
 def _labels_tensor(task: Task, labels: np.ndarray) -> torch.Tensor:
     # class indices as int64 (what cross-entropy expects); regression stays float16 until it is scaled
     return torch.from_numpy(labels.astype(np.int64) if task.label_dtype == "uint8" else labels)
-
-
-@contextlib.contextmanager
-def deterministic(device: torch.device) -> Iterator[None]:
-    """Deterministic kernels around training on CPU (every op used has one there).
-
-    On CUDA this is not switched on: it needs CUBLAS_WORKSPACE_CONFIG set before CUDA starts and
-    refuses some losses' kernels, so CUDA runs are seeded but not bitwise reproducible.
-    """
-    if device.type != "cpu":
-        yield
-        return
-    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=False)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
 def _forward(network: TaskNetwork, x: torch.Tensor, x_b: torch.Tensor | None) -> torch.Tensor:
@@ -220,17 +158,17 @@ def _mean_loss(network: TaskNetwork, loss_fn, scaler: LabelScaler, x: torch.Tens
     return total / len(x)
 
 
-def train_task(task_name: str, data_group: zarr.Group, train_cfg: TrainConfig, seed: int,
+def train_task(task_name: Task | str, data_group: zarr.Group, train_cfg: TrainConfig, seed: int,
                device: str | torch.device | None = "auto", progress: bool = True, split: str = "train",
-               scaler: LabelScaler | dict[str, Any] | None = None) -> TrainResult:
+               scaler: LabelScaler | dict[str, Any] | None = None, labels: np.ndarray | None = None) -> TrainResult:
     """Train `task_name`'s network on `split`: AdamW, cosine decay, no augmentation, early stopping.
 
-    `scaler` fixes the label standardisation (default: fitted on the training images). Same seed, same
-    data, CPU: the same weights bit for bit.
+    `scaler` fixes the label standardisation (default: fitted on the training images); `labels` replace
+    data.zarr's (see load_split). Same seed, same data, CPU: the same weights bit for bit.
     """
-    task = registry.get(task_name)
+    task = as_task(task_name)
     device = resolve_device(device)
-    x, x_b, raw = load_split(task, data_group, split)
+    x, x_b, raw = load_split(task, data_group, split, labels)
     held = torch.from_numpy(validation_mask(data_group, train_cfg.validation, seed, split))
     scaler = LabelScaler.from_any(scaler) if scaler is not None else fit_scaler(task, raw[~held.numpy()])
     y = _labels_tensor(task, raw)
@@ -282,23 +220,23 @@ def train_task(task_name: str, data_group: zarr.Group, train_cfg: TrainConfig, s
                        train_cfg.epochs * n / max(seconds, 1e-9), n, seed, network)
 
 
-def restore_network(task_name: str, train_cfg: TrainConfig, image_size: int,
+def restore_network(task_name: Task | str, train_cfg: TrainConfig, image_size: int,
                     state_dict: dict[str, torch.Tensor]) -> TaskNetwork:
     """A trained network from its state dict (e.g. a checkpoint's), in eval mode on the CPU."""
-    network = build_network(registry.get(task_name), train_cfg, image_size)
+    network = build_network(as_task(task_name), train_cfg, image_size)
     network.load_state_dict(state_dict)
     return network.eval()
 
 
 @torch.no_grad()
-def test_losses(task_name: str, network: TaskNetwork, scaler: LabelScaler | dict[str, Any] | None,
+def test_losses(task_name: Task | str, network: TaskNetwork, scaler: LabelScaler | dict[str, Any] | None,
                 data_group: zarr.Group, split: str = "test", device: str | torch.device | None = "auto",
-                batch: int = EVAL_BATCH) -> np.ndarray:
+                batch: int = EVAL_BATCH, labels: np.ndarray | None = None) -> np.ndarray:
     """Per-image losses (N_split,) float64 of `network` on `split`, in the scaled label space."""
-    task = registry.get(task_name)
+    task = as_task(task_name)
     device = resolve_device(device)
     scaler = LabelScaler.from_any(scaler)
-    x, x_b, raw = load_split(task, data_group, split)
+    x, x_b, raw = load_split(task, data_group, split, labels)
     y = _labels_tensor(task, raw)
     loss_fn = get_loss(task.loss)
     network = network.to(device).eval()
@@ -317,7 +255,7 @@ def _baseline_prediction(task: Task, train: np.ndarray, scaler: LabelScaler, con
         prior = train.astype(np.float64).mean(axis=0) + 1e-6
         return torch.from_numpy(np.log(prior / prior.sum())).float()
     if task.loss == "bce":
-        rate = np.clip(train.astype(np.float64).mean(axis=_channel_axes(train)), 1e-4, 1 - 1e-4)
+        rate = np.clip(train.astype(np.float64).mean(axis=channel_axes(train)), 1e-4, 1 - 1e-4)
         return torch.from_numpy(np.log(rate / (1 - rate))).float().view(-1, *(1,) * (train.ndim - 2))
     if task.loss not in ("l1", "l2"):
         raise TaskonomyError(f"task {task.name}: no trivial baseline for loss {task.loss!r}")
@@ -325,7 +263,7 @@ def _baseline_prediction(task: Task, train: np.ndarray, scaler: LabelScaler, con
         # the median minimises an absolute error (all images have the same number of pixels)
         value = np.median(np.moveaxis(train, 1, 0).reshape(train.shape[1], -1).astype(np.float32), axis=1)
     else:
-        value = train.mean(axis=_channel_axes(train), dtype=np.float64)
+        value = train.mean(axis=channel_axes(train), dtype=np.float64)
     shape = (1, -1, *(1,) * (train.ndim - 2))
     return scaler.apply(torch.from_numpy(np.asarray(value, np.float32)).view(shape))[0]
 

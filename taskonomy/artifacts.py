@@ -17,6 +17,7 @@ TaskonomyErrors naming the file; a damaged store is named with its array and the
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import warnings
@@ -30,12 +31,13 @@ import numpy as np
 
 from taskonomy import TaskonomyError, TaskonomyWarning
 from taskonomy import tasks as registry
-from taskonomy.runfolder import REBUILD, RunFolder, write_csv
+from taskonomy.runfolder import REBUILD, RunFolder, write_csv, write_json
 
 __all__ = [
-    "BASELINES", "AffinityTable", "LossTable", "SummaryRow", "TargetLosses", "canonical_transfer", "existing_rows",
-    "read_affinity", "read_affinity_ci", "read_losses", "read_summary", "transfer_name", "write_affinity",
-    "write_summary", "write_target_losses",
+    "BASELINES", "AddedTarget", "AffinityTable", "LossTable", "SummaryRow", "TargetLosses", "canonical_transfer",
+    "existing_rows", "labels_hash", "read_added_targets", "read_affinity", "read_affinity_ci", "read_losses",
+    "read_summary", "remove_added_target", "transfer_name", "write_added_target", "write_affinity", "write_summary",
+    "write_target_losses",
 ]
 
 BASELINES = ("full", "scratch")
@@ -86,7 +88,7 @@ class TargetLosses:
         try:
             return self.losses[self.transfers.index(name)]
         except ValueError:
-            raise TaskonomyError(f"transfers.zarr/{self.target} has no row {name!r} "
+            raise TaskonomyError(f"target {self.target} has no transfer {name!r} in the loss table "
                                  f"(rows: {', '.join(self.transfers)})") from None
 
 
@@ -358,3 +360,98 @@ def read_summary(run_dir: str | os.PathLike) -> list[SummaryRow]:
         except ValueError as err:
             raise TaskonomyError(f"{where}: {err}") from None
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# targets added from the feature cache: added_targets.json (their dictionary entries) and their labels
+
+
+@dataclass(frozen=True)
+class AddedTarget:
+    """A target added to a run from the cache: its dictionary entry, where its labels came from, the hash of
+    those labels and of the data.zarr they are aligned with (one label per image, every split)."""
+
+    task: Any  # taskonomy.tasks.Task
+    labels_hash: str
+    data_hash: str
+    origin: str
+
+    def labels(self, run_dir: str | os.PathLike) -> np.ndarray:
+        """The labels kept in the run folder, checked against their recorded hash."""
+        path = RunFolder(run_dir).added_labels_file(self.task.name)
+        try:
+            labels = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise TaskonomyError(f"{path}: the labels of added target {self.task.name} are unreadable "
+                                 f"({type(err).__name__}); add it again with `taskonomy add-target "
+                                 f"{self.task.name} --labels FILE --loss {self.task.loss} --force`") from None
+        if labels_hash(labels) != self.labels_hash:
+            raise TaskonomyError(f"{path}: the labels of added target {self.task.name} changed since it was added; "
+                                 f"add it again with `taskonomy add-target {self.task.name} --labels FILE --loss "
+                                 f"{self.task.loss} --force`")
+        return labels
+
+
+_TASK_FIELDS = ("name", "group", "modality", "head", "channels", "loss", "label", "label_dtype", "num_classes", "role")
+
+
+def labels_hash(labels: np.ndarray) -> str:
+    """Identity of a label array: its bytes, shape and dtype."""
+    import hashlib
+
+    labels = np.ascontiguousarray(labels)
+    digest = hashlib.sha256(labels.tobytes())
+    digest.update(f"{labels.shape}{labels.dtype.str}".encode())
+    return digest.hexdigest()[:16]
+
+
+def read_added_targets(run_dir: str | os.PathLike) -> list[AddedTarget]:
+    """The targets added to this run folder, in the order they were added ([] when none)."""
+    from taskonomy.tasks import Task
+
+    path = RunFolder(run_dir).added_targets
+    if not path.is_file():
+        return []
+    try:
+        entries = json.loads(path.read_text())
+        return [AddedTarget(Task(**{k: e["task"][k] for k in _TASK_FIELDS}), str(e["labels_hash"]),
+                            str(e["data_hash"]), str(e["origin"])) for e in entries]
+    except TaskonomyError as err:
+        raise TaskonomyError(f"{path}: {err}") from None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+        raise TaskonomyError(f"{path} is unreadable ({type(err).__name__}); remove it and add the targets again "
+                             f"with `taskonomy add-target`") from None
+
+
+def write_added_target(run_dir: str | os.PathLike, added: AddedTarget, labels: np.ndarray) -> None:
+    """Keep `labels` in the run folder and add (or replace) the target's entry; labels first, entry last."""
+    run = RunFolder(run_dir)
+    folder = run.added_labels
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{added.task.name}.npy.tmp"
+        with tmp.open("wb") as handle:
+            np.save(handle, labels)
+        os.replace(tmp, run.added_labels_file(added.task.name))
+    except OSError as err:
+        raise TaskonomyError(f"cannot write {folder}: {err.strerror or err}") from None
+    _write_entries(run, [a for a in read_added_targets(run.path) if a.task.name != added.task.name] + [added])
+
+
+def _write_entries(run: RunFolder, entries: list[AddedTarget]) -> None:
+    write_json(run.added_targets, [{"task": {k: getattr(a.task, k) for k in _TASK_FIELDS},
+                                    "labels_hash": a.labels_hash, "data_hash": a.data_hash, "origin": a.origin}
+                                   for a in entries])
+
+
+def remove_added_target(run_dir: str | os.PathLike, name: str) -> None:
+    """Undo write_added_target (an add-target that failed before its rows were written)."""
+    run = RunFolder(run_dir)
+    entries = [a for a in read_added_targets(run.path) if a.task.name != name]
+    if entries:
+        _write_entries(run, entries)
+    else:
+        run.added_targets.unlink(missing_ok=True)
+    run.added_labels_file(name).unlink(missing_ok=True)
+    if run.added_labels.is_dir() and not any(run.added_labels.iterdir()):
+        run.added_labels.rmdir()

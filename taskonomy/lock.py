@@ -18,10 +18,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from taskonomy import TaskonomyError
+from taskonomy.runfolder import FILES
 
 __all__ = ["LOCK_FILE", "acquire", "release", "run_lock"]
 
-LOCK_FILE = ".lock"
+LOCK_FILE = FILES["lock"]
 _held: dict[Path, list] = {}  # resolved run folder -> [file descriptor, depth]
 _guard = threading.Lock()
 

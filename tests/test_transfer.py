@@ -28,13 +28,11 @@ TARGETS = ["normal", "class_scene", "egomotion"]
 
 
 @pytest.fixture(autouse=True)
-def _restore_registry():
-    """add-target registers tasks in this process: forget them after each test."""
-    before = {t.name for t in registry.all_tasks()}
+def _registry_untouched():
+    """Targets added from the cache live in the run folder, never in the process-wide task dictionary."""
+    before = [t.name for t in registry.all_tasks()]
     yield
-    for task in registry.all_tasks():
-        if task.name not in before:
-            registry.unregister(task.name)
+    assert [t.name for t in registry.all_tasks()] == before
 
 
 @pytest.mark.parametrize("name", ["normal", "class_scene", "egomotion", "segment_semantic"])
@@ -188,14 +186,17 @@ def test_a_dask_cluster_gives_the_same_losses(transferred, tmp_path):
 
 
 def test_add_target_trains_from_the_cache_without_running_an_encoder(transferred, tmp_path, monkeypatch, capsys):
-    from taskonomy.extract import networks, visualpriors
+    from taskonomy.artifacts import read_added_targets
+    from taskonomy.extract import features, pipeline, visualpriors
 
     args, copy = _copy(transferred, tmp_path)
 
     def refuse(*_args, **_kwargs):
-        raise AssertionError("an encoder ran")
+        raise AssertionError("a frozen encoder ran")
 
-    monkeypatch.setattr(networks.Encoder, "forward", refuse)
+    # its own network (full) and scratch train on images, as every target's do; no frozen encoder runs again
+    monkeypatch.setattr(features, "extract_features", refuse)
+    monkeypatch.setattr(pipeline, "build_sources", refuse)
     monkeypatch.setattr(visualpriors.TaskonomyEncoder, "forward", refuse)
     data = zarr.open_group(str(copy / "data.zarr"), mode="r")
     depth = data["labels/depth_zbuffer"][:].astype(np.float32).mean(axis=(1, 2, 3))
@@ -203,9 +204,10 @@ def test_add_target_trains_from_the_cache_without_running_an_encoder(transferred
     np.save(tmp_path / "deep.npy", labels)
     assert main([*args, "add-target", "deep_view", "--labels", str(tmp_path / "deep.npy"), "--loss", "bce"]) == 0
     store = zarr.open_group(str(copy / "transfers.zarr"), mode="r")
-    assert store.attrs["targets"][-1] == "deep_view" and store.attrs["added"] == ["deep_view"]
+    assert store.attrs["targets"][-1] == "deep_view"
+    assert [a.task.name for a in read_added_targets(copy)] == ["deep_view"]
     names, losses = list(store["deep_view"].attrs["transfers"]), store["deep_view"]["losses"][:]
-    assert "full" not in names and "scratch" not in names and len(names) == len(store.attrs["sources"]) + 10
+    assert names[0] == "full" and names[-1] == "scratch" and len(names) == len(store.attrs["sources"]) + 10 + 2
     mean = dict(zip(names, losses.mean(axis=1)))
     assert mean["depth_zbuffer"] < mean["random"]  # depth features know how deep the view is
     assert (copy / "added_targets" / "deep_view.npy").is_file()
@@ -220,8 +222,8 @@ def test_add_target_trains_from_the_cache_without_running_an_encoder(transferred
         assert main([*args, "add-target", "other", "--labels", str(tmp_path / "bad.npy"), "--loss", loss]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and __import__("re").search(message, err), err
-    for name in ("normal", "deep_view", "Bad/Name"):
-        assert main([*args, "add-target", name, "--labels", str(tmp_path / "deep.npy"), "--loss", "bce"]) == 2
+    for name, loss in (("normal", "bce"), ("deep_view", "l2"), ("Bad/Name", "bce")):  # deep_view: another loss
+        assert main([*args, "add-target", name, "--labels", str(tmp_path / "deep.npy"), "--loss", loss]) == 2
     assert sorted(p.name for p in copy.rglob("*")) == before
 
 
@@ -231,12 +233,9 @@ def test_add_target_python_api_with_a_label_function(transferred, tmp_path):
 
     args, copy = _copy(transferred, tmp_path)
     config = load_config([a for a in args if a.endswith(".yaml")][0])
-    try:
-        state = add_target(config, copy, "lit_scene", "l2", progress=False,
-                           label_fn=lambda data: data["images/rgb"][:].astype(np.float32).mean(axis=(1, 2, 3))[:, None])
-    finally:
-        registry.unregister("lit_scene")
-    assert "trained" in state
+    outcome = add_target(config, copy, "lit_scene", "l2", progress=False,
+                         label_fn=lambda data: data["images/rgb"][:].astype(np.float32).mean(axis=(1, 2, 3))[:, None])
+    assert outcome.trained["lit_scene"] > 0 and "lit_scene" not in {t.name for t in registry.all_tasks()}
     store = zarr.open_group(str(copy / "transfers.zarr"), mode="r")
     assert "lit_scene" in store.attrs["targets"] and store["lit_scene"].attrs["complete"]
 

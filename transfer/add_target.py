@@ -8,16 +8,17 @@
 
 Labels are aligned with data.zarr's image index (one per image, every split). Their shape says the head:
 (N,) class indices for `ce`; (N, C) vectors for l1, l2, bce, soft_ce; (N, C, S, S) maps for l1, l2, bce;
-(N, S, S) class indices per pixel for `ce_dense`. The target is registered in the task dictionary
-(role target: it is never supervised), its labels are kept in the run folder (added_targets/), and its
-first-order transfers from every cached source plus the beam of higher orders are appended to
-transfers.zarr. There is no `full` (no stage I network) and no `scratch` (it would train an encoder).
+(N, S, S) class indices per pixel for `ce_dense`. The target's dictionary entry (role target: it is never
+supervised) and its labels are kept in the run folder (added_targets.json, added_targets/), never in a
+process-wide registry, so they travel with every later stage and with a job sent to a dask.distributed
+worker. It gets every row the other targets have: `full` (the stage I architecture trained on the train
+split with these labels, models/<name>.pt), `scratch` (trained on the transfer split), its first-order
+transfers from every cached source and the beam of higher orders. Later `transfer`, `run` and `--force`
+keep or retrain its rows by their stamps, as for every target.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,13 +27,14 @@ import zarr
 
 from taskonomy import TaskonomyError
 from taskonomy import tasks as registry
-from taskonomy.config import Config, content_hash
+from taskonomy.artifacts import AddedTarget, labels_hash, read_added_targets, remove_added_target, write_added_target
+from taskonomy.config import Config
 from taskonomy.losses import LOSSES
+from taskonomy.runfolder import REBUILD, RunFolder
 from taskonomy.tasks import Task
+from taskonomy.transfer.stage import TransferOutcome
 
-__all__ = ["ADDED_FILE", "add_target", "load_added_targets", "read_labels"]
-
-ADDED_FILE = "added_targets.json"
+__all__ = ["add_target", "read_labels"]
 
 
 def read_labels(path: str | Path) -> np.ndarray:
@@ -83,63 +85,27 @@ def _task_for(name: str, labels: np.ndarray, loss: str, n_images: int, size: int
     return Task(name, "added", "rgb", "dense" if dense else "global", shape[0], loss, origin, role="target")
 
 
-def load_added_targets(run_dir: str | Path) -> list[Task]:
-    """Register the targets added to this run folder earlier (every stage calls this first)."""
-    path = Path(run_dir) / ADDED_FILE
-    if not path.is_file():
-        return []
-    out = []
-    try:
-        entries = json.loads(path.read_text())
-        tasks = [Task(**{**entry, "aliases": tuple(entry.get("aliases", ()))}) for entry in entries]
-    except TaskonomyError as err:
-        raise TaskonomyError(f"{path}: {err}") from None
-    except (OSError, ValueError, TypeError, AttributeError) as err:
-        raise TaskonomyError(f"{path} is unreadable ({type(err).__name__}); remove it and add the targets again "
-                             f"with `taskonomy add-target`") from None
-    for task in tasks:
-        registry.register(task, replace=True)
-        out.append(task)
-    return out
-
-
-def _save_added(run_dir: Path, task: Task, labels: np.ndarray) -> None:
-    folder = run_dir / "added_targets"
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{task.name}.npy.tmp"
-    with tmp.open("wb") as handle:
-        np.save(handle, labels)
-    os.replace(tmp, folder / f"{task.name}.npy")
-    entries = [e for e in (json.loads((run_dir / ADDED_FILE).read_text()) if (run_dir / ADDED_FILE).is_file() else [])
-               if e["name"] != task.name]
-    entry = {k: getattr(task, k) for k in ("name", "group", "modality", "head", "channels", "loss", "label",
-                                            "label_dtype", "num_classes", "role")}
-    tmp = run_dir / f".{ADDED_FILE}.tmp"
-    tmp.write_text(json.dumps([*entries, entry], indent=1))
-    os.replace(tmp, run_dir / ADDED_FILE)
-
-
 def add_target(config: Config, run_dir: str | Path, name: str, loss: str, labels: np.ndarray | None = None,
                label_fn: Callable[[zarr.Group], np.ndarray] | None = None, origin: str = "labels",
-               force: bool = False, progress: bool = True) -> str:
-    """Register `name` from `labels` (or `label_fn(data.zarr)`), train its readouts from the cache, append it."""
+               force: bool = False, progress: bool = True) -> TransferOutcome:
+    """Add `name` from `labels` (or `label_fn(data.zarr)`) to a finished run: its network, scratch and readouts
+    train from the cache and data.zarr, no encoder runs. The same labels again only finish what is missing."""
     from taskonomy.extract.features import open_features
     from taskonomy.extract.pipeline import source_names
     from taskonomy.scenes.dataset import data_hash, open_data
-    from taskonomy.transfer import stage
+    from taskonomy.store import open_complete
+    from taskonomy.transfer.stage import run_transfer
 
-    run_dir = Path(run_dir)
+    run = RunFolder(run_dir)
     registry.validate_name(name)
-    load_added_targets(run_dir)
-    taken = name in {t.name for t in registry.all_tasks()} or registry.resolve_alias(name) != name
-    known = registry.get(name) if taken else None
-    if known is not None and not (force and known.group == "added"):
-        raise TaskonomyError(f"task name {name!r} is taken by an existing task; choose another name"
-                             + (" or pass --force to replace the added target" if known.group == "added" else ""))
-    data = open_data(run_dir / "data.zarr", config)
-    transfers = stage.open_transfers(run_dir / stage.STORE)
-    if transfers.attrs.get("data_hash") != data_hash(data):
-        raise TaskonomyError(f"{run_dir / stage.STORE} was made from another data.zarr; run `taskonomy transfer` "
+    added = {a.task.name: a for a in read_added_targets(run.path)}
+    if name not in added and (name in {t.name for t in registry.all_tasks()} or registry.resolve_alias(name) != name):
+        raise TaskonomyError(f"task name {name!r} is taken by a task of the dictionary; choose another name")
+    data = open_data(run.data, config)
+    data_id = data_hash(data)
+    transfers = open_complete(run.transfers, REBUILD["transfers"])
+    if transfers.attrs.get("data_hash") != data_id:
+        raise TaskonomyError(f"{run.transfers} was made from another data.zarr; run `taskonomy transfer` "
                              f"to redo it before adding targets")
     if labels is None:
         if label_fn is None:
@@ -148,13 +114,16 @@ def add_target(config: Config, run_dir: str | Path, name: str, loss: str, labels
     labels = np.asarray(labels)
     task = _task_for(name, labels, loss, int(data.attrs["n_images"]), int(data.attrs["image_size"]), origin)
     labels = labels.astype(task.store_dtype)
-    sources = source_names(config, list(data.attrs["tasks"]))
-    open_features(run_dir / "features.zarr", sources, data_hash(data))  # every source cached, or a one-line error
-    registry.register(task, replace=True)
+    entry = AddedTarget(task, labels_hash(labels), data_id, origin)
+    known = added.get(name)
+    if known is not None and (known.labels_hash, known.task.loss) != (entry.labels_hash, loss) and not force:
+        raise TaskonomyError(f"target {name} was added already with other labels or loss; pass --force to "
+                             f"replace it")
+    open_features(run.features, source_names(config, list(data.attrs["tasks"])), data_id)  # or a one-line error
+    write_added_target(run.path, entry, labels)
     try:
-        outcome = stage.run_added(config, run_dir, task, labels, sources, transfers, progress)
-    except BaseException:
-        registry.unregister(name)
+        return run_transfer(config, run.path, progress=progress, only=[name])
+    except TaskonomyError:
+        if known is None:  # refused before any of its rows were written: as if never added
+            remove_added_target(run.path, name)
         raise
-    _save_added(run_dir, task, labels)
-    return outcome

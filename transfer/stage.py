@@ -17,7 +17,6 @@ midway keeps the finished targets, and the first-order rows of the others, and r
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import zlib
 from dataclasses import dataclass
@@ -30,19 +29,15 @@ import zarr
 from taskonomy import TaskonomyError
 from taskonomy import tasks as registry
 from taskonomy.config import Config, content_hash
-from taskonomy.store import codecs, mark_complete
+from taskonomy.artifacts import AddedTarget, existing_rows, read_added_targets, transfer_name, write_target_losses
+from taskonomy.runfolder import RunFolder
+from taskonomy.store import mark_complete
 from taskonomy.transfer.train import ReadoutJob, TrainReport, train_readouts
 
-__all__ = ["STORE", "TRANSFER_VERSION", "beam_transfers", "open_transfers", "run_transfer", "transfer_name",
+__all__ = ["TRANSFER_VERSION", "TransferOutcome", "beam_transfers", "run_transfer", "transfer_name",
            "transfer_targets"]
 
 TRANSFER_VERSION = "2"  # 2: dense readouts decode with upsampling convs
-STORE = "transfers.zarr"
-
-
-def transfer_name(sources: tuple[str, ...] | list[str]) -> str:
-    """The canonical row name of a transfer: its sources sorted and joined by '+' (names hold no '+')."""
-    return "+".join(sorted(sources))
 
 
 def beam_transfers(ranked: list[str], max_order: int, beam: int = 5) -> list[tuple[str, ...]]:
@@ -72,43 +67,45 @@ class _Target:
     base: str  # stamp of everything but the sources
     kept: dict[str, tuple[str, np.ndarray]]  # row name -> (stamp, losses) reusable from an earlier run
     rows: dict[str, tuple[str, int, np.ndarray]]  # row name -> (stamp, order, losses) of this run
+    labels: np.ndarray | None = None  # one per data.zarr image for a target added from the cache, else None
+
+
+@dataclass(frozen=True)
+class TransferOutcome:
+    """What stage II did per target: rows trained now (readouts, scratch, an added target's network) and kept."""
+
+    trained: dict[str, int]
+    kept: dict[str, int]
+
+    def describe(self, target: str) -> str:
+        trained, kept = self.trained.get(target, 0), self.kept.get(target, 0)
+        return f"{trained} transfers trained, {kept} kept" if trained else "up to date"
+
+    @property
+    def total_trained(self) -> int:
+        return sum(self.trained.values())
 
 
 def _target_seed(seed: int, target: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(f"transfer/{target}".encode())) % 2**31
 
 
-def _split_labels(data: zarr.Group, target: str, split: str) -> np.ndarray:
-    return np.asarray(data[f"labels/{target}"].get_orthogonal_selection((data[f"splits/{split}"][:],)))
-
-
-def _existing_rows(store: zarr.Group | None, target: str) -> dict[str, tuple[str, np.ndarray]]:
-    """Rows of an earlier run of `target` that were fully written (first order at least), by name."""
-    try:
-        group = store[target]
-        names, stamps = group.attrs["transfers"], group.attrs["stamps"]
-        if not group.attrs.get("rows_written"):
-            return {}
-        losses = np.asarray(group["losses"][:])
-    except Exception:  # missing, half-written or garbled: nothing to reuse
-        return {}
-    return {n: (s, losses[i]) for i, (n, s) in enumerate(zip(names, stamps))}
+def _split_labels(data: zarr.Group, target: str, split: str, labels: np.ndarray | None = None) -> np.ndarray:
+    index = data[f"splits/{split}"][:]
+    if labels is not None:
+        return labels[index]
+    return np.asarray(data[f"labels/{target}"].get_orthogonal_selection((index,)))
 
 
 def _row_stamp(base: str, sources: tuple[str, ...], encoders: dict[str, str]) -> str:
     return content_hash(base, [(s, encoders[s]) for s in sorted(sources)])
 
 
-def _write_target(store: zarr.Group, target: _Target, complete: bool, loss: str) -> None:
-    """(Re)write /<target> whole; `complete` only once every order is in."""
+def _write_target(store: zarr.Group, target: _Target, complete: bool) -> None:
+    """(Re)write /<target> whole: full first, then by order, scratch last; `complete` only once every order is in."""
     order = sorted(target.rows.items(), key=lambda kv: (kv[0] == "scratch", kv[1][1] if kv[0] != "full" else -1))
-    losses = np.stack([r[2] for _, r in order]).astype(np.float64)
-    group = store.create_group(target.name, overwrite=True)
-    array = group.create_array("losses", shape=losses.shape, dtype="float64", chunks=losses.shape, **codecs())
-    array[...] = losses
-    group.attrs.update({"transfers": [n for n, _ in order], "orders": [r[1] for _, r in order],
-                        "stamps": [r[0] for _, r in order], "stamp": target.base, "loss": loss,
-                        "rows_written": True, "complete": complete})
+    write_target_losses(store, target.name, [(name, row[0], row[2]) for name, row in order], target.base,
+                        target.job.task.loss, complete)
 
 
 def _run_jobs(features: Path, jobs: list[ReadoutJob], config: Config, size: int, block: int,
@@ -157,10 +154,11 @@ def _full_and_scratch(target: _Target, data: zarr.Group, config: Config, device,
     if target.kept.get("scratch", ("",))[0] == stamp:
         target.rows["scratch"] = (stamp, 0, target.kept["scratch"][1])
         return 0
-    result = train_task(target.name, data, config.train, target.job.seed, device, progress=progress,
-                        split="transfer", scaler=target.job.scaler)
-    target.rows["scratch"] = (stamp, 0, test_losses(target.name, result.network, target.job.scaler, data, "test",
-                                                   device))
+    task = target.job.task
+    result = train_task(task, data, config.train, target.job.seed, device, progress=progress, split="transfer",
+                        scaler=target.job.scaler, labels=target.labels)
+    target.rows["scratch"] = (stamp, 0, test_losses(task, result.network, target.job.scaler, data, "test", device,
+                                                   labels=target.labels))
     return 1
 
 
@@ -179,7 +177,7 @@ def _train_rows(targets: list[_Target], wanted: dict[str, list[tuple[str, ...]]]
                 missing.append(sources)
         if missing:
             jobs.append(ReadoutJob(target.name, missing, target.job.labels_transfer, target.job.labels_test,
-                                   target.job.scaler, target.job.seed))
+                                   target.job.scaler, target.job.seed, target.job.task))
     losses, report = _run_jobs(features, jobs, config, size, block, progress)
     for job in jobs:
         target = next(t for t in targets if t.name == job.target)
@@ -218,94 +216,87 @@ def _all_orders(targets: list[_Target], first: dict[str, list[tuple[str, ...]]],
     return trained, wait
 
 
-def run_transfer(config: Config, run_dir: Path, force: bool = False, progress: bool = True) -> dict[str, str]:
-    """Fill transfers.zarr for every target; returns {target: what was done}."""
-    from taskonomy.extract.checkpoints import checkpoint_path, load_checkpoint
+def _targets(config: Config, run: RunFolder, data_tasks: list[str], data_id: str,
+             only: list[str] | None) -> tuple[list[str], dict[str, AddedTarget]]:
+    """(every target of the run: the config's, then those added from the cache; the added ones by name).
+    An added target whose labels belong to another data.zarr is refused by name."""
+    added = {a.task.name: a for a in read_added_targets(run.path)}
+    names = [n for n in transfer_targets(config, data_tasks) if n not in added] + list(added)
+    for name in only or []:
+        if name not in names:
+            raise TaskonomyError(f"{name!r} is not a target of {run.path}")
+    for name, entry in added.items():
+        if entry.data_hash != data_id and (only is None or name in only):
+            raise TaskonomyError(f"added target {name} was labelled for another data.zarr (data hash "
+                                 f"{entry.data_hash}, now {data_id}); label the new images and add it again with "
+                                 f"`taskonomy add-target {name} --labels FILE --loss {entry.task.loss} --force`")
+    return names, added
+
+
+def run_transfer(config: Config, run_dir: str | Path, force: bool = False, progress: bool = True,
+                 only: list[str] | None = None) -> TransferOutcome:
+    """Fill transfers.zarr for every target (or the targets `only`, leaving the others as they are)."""
+    from taskonomy.extract.checkpoints import load_checkpoint
     from taskonomy.extract.features import open_features
-    from taskonomy.extract.pipeline import source_names
-    from taskonomy.extract.stage1 import fit_scaler, resolve_device
+    from taskonomy.extract.pipeline import added_network, source_names
+    from taskonomy.torchutil import fit_scaler, resolve_device
     from taskonomy.scenes.dataset import data_hash, open_data
 
-    run_dir = Path(run_dir)
-    data = open_data(run_dir / "data.zarr", config)
+    run = RunFolder(run_dir)
+    data = open_data(run.data, config)
     data_tasks, data_id = list(data.attrs["tasks"]), data_hash(data)
     sources = source_names(config, data_tasks)
-    features = open_features(run_dir / "features.zarr", sources, data_id)
+    features = open_features(run.features, sources, data_id)
     encoders, block = _cache_facts(features, sources)
     size, device = int(data.attrs["image_size"]), resolve_device(config.train.device)
     readout_cfg = _readout_config(config)
-    names = transfer_targets(config, data_tasks)
-    # every checkpoint is read before the store is touched: a refused one leaves a finished store as it was
-    ckpts = {name: checkpoint_path(run_dir, name) for name in names}
-    checkpoints = {name: load_checkpoint(ckpt) if ckpt.is_file() else None for name, ckpt in ckpts.items()}
-    path = run_dir / STORE
-    store = zarr.open_group(str(path), mode="a")
+    names, added = _targets(config, run, data_tasks, data_id, only)
+    todo = names if only is None else list(only)
+    trained = dict.fromkeys(todo, 0)
+    # every checkpoint is read (an added target's network trained) before the store is touched: a refused one
+    # leaves a finished store as it was
+    labels = {name: added[name].labels(run.path) for name in todo if name in added}
+    checkpoints = {}
+    for name in todo:
+        if name in added:
+            checkpoints[name], fresh = added_network(config, run.path, added[name], labels[name], data, device,
+                                                     progress)
+            trained[name] += fresh
+        else:
+            path = run.checkpoint(name)
+            checkpoints[name] = load_checkpoint(path) if path.is_file() else None
+    store = zarr.open_group(str(run.transfers), mode="a")
     if force or store.attrs.get("data_hash") != data_id:
-        store = zarr.open_group(str(path), mode="w")
-    store.attrs.update({"data_hash": data_id, "complete": False, "targets": names,
+        store = zarr.open_group(str(run.transfers), mode="w")
+    present = set(store.attrs.get("targets", [])) | set(todo)
+    store.attrs.update({"data_hash": data_id, "complete": False, "targets": [n for n in names if n in present],
                         "sources": sources, "test_index": [int(i) for i in data["splits/test"][:]],
-                        "loss": {t: registry.get(t).loss for t in names}})
-    targets, trained = [], dict.fromkeys(names, 0)
-    for name in names:
-        checkpoint = checkpoints[name]
-        scaler = checkpoint["scaler"] if checkpoint else fit_scaler(registry.get(name),
-                                                                    _split_labels(data, name, "train")).as_dict()
+                        "loss": {n: (added[n].task if n in added else registry.get(n)).loss for n in names}})
+    targets = []
+    for name in todo:
+        task = added[name].task if name in added else registry.get(name)
+        checkpoint, own = checkpoints[name], labels.get(name)
+        scaler = checkpoint["scaler"] if checkpoint else fit_scaler(task, _split_labels(data, name, "train",
+                                                                                        own)).as_dict()
         seed = _target_seed(config.seed, name)
-        base = content_hash(TRANSFER_VERSION, data_id, readout_cfg, seed, name, scaler, block)
-        job = ReadoutJob(name, [], _split_labels(data, name, "transfer"), _split_labels(data, name, "test"),
-                         scaler, seed)
-        target = _Target(name, job, base, {} if force else _existing_rows(store, name), {})
+        identity = (added[name].labels_hash,) if name in added else ()  # an added target's labels are an input
+        base = content_hash(TRANSFER_VERSION, data_id, readout_cfg, seed, name, scaler, block, *identity)
+        job = ReadoutJob(name, [], _split_labels(data, name, "transfer", own), _split_labels(data, name, "test", own),
+                         scaler, seed, task)
+        target = _Target(name, job, base, {} if force else existing_rows(store, name), {}, own)
         trained[name] += _full_and_scratch(target, data, config, device, checkpoint, progress)
         targets.append(target)
     first = {t.name: [(s,) for s in sources if s != t.name] for t in targets}
 
     def write(complete: bool) -> None:
         for target in targets:
-            _write_target(store, target, complete=complete, loss=registry.get(target.name).loss)
+            _write_target(store, target, complete=complete)
 
-    rows, wait = _all_orders(targets, first, encoders, config, run_dir / "features.zarr", size, block, progress,
+    rows, wait = _all_orders(targets, first, encoders, config, run.features, size, block, progress,
                              after_first=lambda: write(complete=False))
     write(complete=True)
     for name, count in rows.items():
         trained[name] += count
     store.attrs["wait_share"] = wait
     mark_complete(store)
-    return {t.name: (f"{trained[t.name]} transfers trained, {len(t.rows) - trained[t.name]} kept"
-                     if trained[t.name] else "up to date") for t in targets}
-
-
-def open_transfers(path: str | Path) -> zarr.Group:
-    """transfers.zarr read-only; a target without `complete` is skipped by readers with a warning."""
-    from taskonomy.store import open_complete
-
-    return open_complete(path, "taskonomy transfer")
-
-
-def run_added(config: Config, run_dir: Path, task: registry.Task, labels: np.ndarray, sources: list[str],
-              store: zarr.Group, progress: bool = True) -> str:
-    """Readouts of an added target from every cached source (first order, then the beam); appended whole."""
-    from taskonomy.extract.stage1 import fit_scaler
-    from taskonomy.scenes.dataset import data_hash, open_data
-
-    data = open_data(run_dir / "data.zarr")
-    features = zarr.open_group(str(run_dir / "features.zarr"), mode="r")
-    encoders, block = _cache_facts(features, sources)
-    split = {s: labels[data[f"splits/{s}"][:]] for s in ("train", "transfer", "test")}
-    scaler = fit_scaler(task, split["train"]).as_dict()
-    seed = _target_seed(config.seed, task.name)
-    labels_hash = hashlib.sha256(np.ascontiguousarray(labels).tobytes()).hexdigest()
-    base = content_hash(TRANSFER_VERSION, data_hash(data), _readout_config(config), seed, task.name, scaler,
-                        block, labels_hash, labels.shape, str(labels.dtype))
-    target = _Target(task.name, ReadoutJob(task.name, [], split["transfer"], split["test"], scaler, seed), base, {}, {})
-    _all_orders([target], {task.name: [(s,) for s in sources]}, encoders, config, run_dir / "features.zarr",
-                int(data.attrs["image_size"]), block, progress)
-    writable = zarr.open_group(str(run_dir / STORE), mode="a")
-    # a target replaced (--force) and killed midway must not be taken for a damaged store
-    writable.attrs["arrays"] = {k: v for k, v in writable.attrs.get("arrays", {}).items()
-                                if not k.startswith(f"{task.name}/")}
-    _write_target(writable, target, complete=True, loss=task.loss)
-    names = [t for t in writable.attrs["targets"] if t != task.name] + [task.name]
-    writable.attrs.update({"targets": names, "loss": {**writable.attrs["loss"], task.name: task.loss},
-                           "added": sorted({*writable.attrs.get("added", []), task.name})})
-    mark_complete(writable)  # the inventory now lists the added target's losses
-    return f"{len(target.rows)} transfers trained from the cache"
+    return TransferOutcome(trained, {t.name: len(t.rows) - min(trained[t.name], len(t.rows)) for t in targets})

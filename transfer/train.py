@@ -31,9 +31,10 @@ import zarr
 
 from taskonomy import tasks as registry
 from taskonomy.config import TransferConfig
-from taskonomy.extract.stage1 import EVAL_BATCH, LabelScaler, deterministic
+from taskonomy.torchutil import EVAL_BATCH, LabelScaler, deterministic
 from taskonomy.losses import get_loss
 from taskonomy.transfer.feed import FeatureFeed, channel_stats
+from taskonomy.tasks import Task
 from taskonomy.transfer.readouts import GroupedReadouts, build_readouts
 
 __all__ = ["ReadoutJob", "TrainReport", "train_readouts"]
@@ -56,6 +57,12 @@ class ReadoutJob:
     labels_test: np.ndarray
     scaler: dict = field(default_factory=dict)
     seed: int = 0
+    task: Task | None = None  # the target's dictionary entry; None = the registered task `target`. A target
+    # added from the cache travels here, so a dask.distributed worker needs no registry of its own
+
+    def __post_init__(self) -> None:
+        if self.task is None:
+            self.task = registry.get(self.target)
 
 
 @dataclass
@@ -70,15 +77,15 @@ class TrainReport:
         return self.wait_seconds / self.train_seconds if self.train_seconds else 0.0
 
 
-def _source_paths(source: str, target: str, split: str) -> list[str]:
+def _source_paths(source: str, target: Task, split: str) -> list[str]:
     """features.zarr arrays a readout into `target` reads from `source`: the view, and the second view of a pair."""
-    pair = registry.get(target).head == "pair"
-    return [f"{source}/{split}"] + ([f"{source}/views/{target}/{split}"] if pair else [])
+    pair = target.head == "pair"
+    return [f"{source}/{split}"] + ([f"{source}/views/{target.name}/{split}"] if pair else [])
 
 
 def _input_paths(job: ReadoutJob, split: str) -> list[str]:
     sources = dict.fromkeys(s for transfer in job.transfers for s in transfer)
-    return [p for s in sources for p in _source_paths(s, job.target, split)]
+    return [p for s in sources for p in _source_paths(s, job.task, split)]
 
 
 def _standardise(block: np.ndarray, stats: tuple[np.ndarray, np.ndarray], grid: int) -> torch.Tensor:
@@ -96,7 +103,7 @@ class _Job:
 
     def __init__(self, job: ReadoutJob, cfg: TransferConfig, channels: dict[str, int], grid: int, image_size: int,
                  steps: int):
-        self.job, self.task = job, registry.get(job.target)
+        self.job, self.task = job, job.task
         self.pair = self.task.head == "pair"
         widths = [sum(channels[s] * (2 if self.pair else 1) for s in t) for t in job.transfers]
         self.width = max(widths)
@@ -113,7 +120,7 @@ class _Job:
         """(B, G, width, h, w): each transfer's sources concatenated, zero-padded to the group's width."""
         groups = []
         for transfer in self.job.transfers:
-            parts = [features[p][rows] for s in transfer for p in _source_paths(s, self.job.target, split)]
+            parts = [features[p][rows] for s in transfer for p in _source_paths(s, self.task, split)]
             x = torch.cat(parts, dim=1)
             groups.append(F.pad(x, (0, 0, 0, 0, 0, self.width - x.shape[1])))
         return torch.stack(groups, dim=1)
