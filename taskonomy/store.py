@@ -3,12 +3,20 @@
 Arrays are chunked along the image axis only; writers write whole chunks. A store counts only once
 its root attribute `complete` is true, which is written last: a stage killed midway leaves a store
 that is resumed or redone, never read.
+
+With `complete`, the root records an inventory of what was written: `arrays` ({array path: shape}) and
+`chunks` ({array path: runs of the chunk keys present on disk}, see `mark_complete`). Zarr skips chunks that
+are all fill value and reads a chunk file that is gone as fill value, so only the inventory tells a lost
+chunk from one that was never written.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +29,7 @@ from taskonomy import TaskonomyError
 
 __all__ = [
     "CHUNK_BYTES", "REBUILD", "chunk_length", "codecs", "create_image_array", "damage_error", "find_damage",
-    "is_complete", "mark_complete", "open_complete", "open_for_writing",
+    "is_complete", "mark_complete", "open_complete", "open_for_writing", "refresh_inventory",
 ]
 
 REBUILD = {"data.zarr": "taskonomy data", "features.zarr": "taskonomy extract", "transfers.zarr": "taskonomy transfer"}
@@ -72,7 +80,7 @@ def open_complete(path: str | Path, rebuild: str) -> zarr.Group:
                              f"`{rebuild} --force`") from None
     if not group.attrs.get("complete", False):
         raise TaskonomyError(f"{path} is incomplete (a run was interrupted); run `{rebuild}` to finish it")
-    problem = _check_inventory(path, group.attrs.get("arrays"))
+    problem = _check_inventory(path, group.attrs.get("arrays"), group.attrs.get("chunks"))
     if problem:
         raise TaskonomyError(f"{path}: {problem}; rebuild it with `{rebuild} --force`")
     return group
@@ -86,27 +94,193 @@ def open_for_writing(path: str | Path, attrs: dict[str, Any]) -> zarr.Group:
 
 
 def mark_complete(group: zarr.Group) -> None:
-    """The last write of a stage: the inventory of the group's arrays (path -> shape) and `complete`, at once."""
-    arrays = {name: list(node.shape) for name, node in sorted(group.members(max_depth=None), key=lambda m: m[0])
-              if isinstance(node, zarr.Array)}  # sorted: the listing's order is the file system's
-    group.attrs.update({"arrays": arrays, "complete": True})
+    """The last write of a stage: the group's inventory and `complete`, in one write of its zarr.json.
+
+    `arrays`: {array path: shape}. `chunks`: {array path: sorted runs of the chunk keys whose files are on
+    disk, relative to the array's `c/` folder}; a run "3-7/0/0/0" stands for the keys 3/0/0/0 to 7/0/0/0, a
+    lone key is written as is ("5/0/0/0", or "5" in a 1-d array), and "" is the one chunk of a 0-d array (the
+    file `c` itself). Array paths are relative to `group` (a sub-group lists its own arrays; the root lists
+    every array of the store). Only local stores with zarr's default chunk keys ("/") get `chunks`; an array
+    whose keys cannot be listed is left out of it and is checked as before (metadata and shape only).
+    """
+    members = sorted(group.members(max_depth=None), key=lambda m: m[0])  # the listing's order is the file system's
+    arrays = {name: list(node.shape) for name, node in members if isinstance(node, zarr.Array)}
+    update: dict[str, Any] = {"arrays": arrays, "complete": True}
+    folder = _local_folder(group)
+    if folder is not None:
+        chunks = {}
+        for name in arrays:
+            keys = _present_keys(folder / name)
+            if keys is not None:
+                chunks[name] = _runs(keys)
+        update["chunks"] = chunks
+    group.attrs.update(update)
+
+
+def refresh_inventory(path: str | Path, rebuild: str | None = None) -> None:
+    """Give a complete store written before chunk inventories existed its inventory (arrays and chunks).
+
+    The store is verified first: `open_complete`'s checks, then `find_damage` (every chunk's checksum, the
+    arrays it lists). A missing, unreadable, incomplete or damaged store raises a TaskonomyError naming the
+    damage and the command that rebuilds it (`rebuild`; by default REBUILD's for the store's file name), and is
+    left as it was. A store that already records its chunks passes `open_complete`'s cheap check and is left as
+    it is. A chunk file lost before the refresh cannot be told from one never written: the refresh records
+    what is there.
+    """
+    path = Path(path)
+    if rebuild is None:
+        if path.name not in REBUILD:
+            raise ValueError(f"{path}: not a store of a run folder ({', '.join(REBUILD)}); say what rebuilds it")
+        rebuild = REBUILD[path.name]
+    if "chunks" in open_complete(path, rebuild).attrs:
+        return
+    problem = find_damage(path)
+    if problem:
+        raise TaskonomyError(f"{path}: {problem}; rebuild it with `{rebuild} --force`")
+    mark_complete(zarr.open_group(str(path), mode="r+"))
+
+
+def _local_folder(group: zarr.Group) -> Path | None:
+    """The folder of `group` when its store is a local folder, else None."""
+    store = group.store
+    if not isinstance(store, zarr.storage.LocalStore):
+        return None
+    return Path(store.root) / group.path if group.path else Path(store.root)
+
+
+def _present_keys(node: Path) -> list[str] | None:
+    """The chunk keys of the array folder `node` whose files exist (relative to its `c/`), or None when its
+    chunk keys are not zarr's default "/" ones. Never reads a chunk.
+
+    Chunked along the first axis only (this module's policy), an array's keys are "i/0/.../0": one scandir of
+    `c/` and one stat per chunk. Any other grid: one walk of `c/` (a scandir per folder, several per chunk).
+    """
+    try:
+        meta = _metadata(node)
+    except (OSError, ValueError):
+        return None
+    encoding = meta.get("chunk_key_encoding") or {}
+    if encoding.get("name") != "default" or (encoding.get("configuration") or {}).get("separator", "/") != "/":
+        return None
+    base = node / "c"
+    if base.is_file():
+        return [""]  # a 0-d array
+    grid = meta.get("chunk_grid") or {}
+    try:
+        shape, chunk = meta["shape"], grid["configuration"]["chunk_shape"]
+        along_first = grid.get("name") == "regular" and all(s <= c for s, c in zip(shape[1:], chunk[1:], strict=True))
+    except (KeyError, TypeError, ValueError):
+        along_first = False
+    keys: list[str] = []
+    if along_first:
+        tail = "/0" * (len(shape) - 1)
+        try:
+            with os.scandir(base) as entries:
+                for entry in entries:
+                    if _INDEX_RE.fullmatch(entry.name) and (os.path.isfile(entry.path + tail) if tail else
+                                                            entry.is_file()):
+                        keys.append(entry.name + tail)
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        return keys
+    stack = [(str(base), "")]
+    while stack:
+        folder, prefix = stack.pop()
+        try:
+            entries = os.scandir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((entry.path, f"{prefix}{entry.name}/"))
+                elif entry.is_file() and _KEY.fullmatch(prefix + entry.name):
+                    keys.append(prefix + entry.name)
+    return keys
+
+
+_INDEX = r"(?:0|[1-9]\d*)"  # zarr writes chunk indices in decimal without leading zeros
+_INDEX_RE = re.compile(_INDEX)
+_KEY = re.compile(rf"{_INDEX}(?:/{_INDEX})*")
+_RUN = re.compile(rf"({_INDEX})(?:-({_INDEX}))?((?:/{_INDEX})*)")
+
+
+def _runs(keys: Iterable[str]) -> list[str]:
+    """Chunk keys as runs along their first index, sorted: ["0/0", "1/0", "2/0", "5/0"] -> ["0-2/0", "5/0"]."""
+    keys = list(keys)
+    if "" in keys:
+        return [""]
+    firsts: dict[str, list[int]] = {}  # the rest of the key ("/0/0/0", or "" in a 1-d array) -> first indices
+    for key in keys:
+        first, slash, rest = key.partition("/")
+        firsts.setdefault(slash + rest, []).append(int(first))
+    runs = []
+    for rest, indices in firsts.items():
+        indices.sort()
+        lo = indices[0]
+        for prev, i in zip(indices, [*indices[1:], None], strict=True):
+            if i != prev + 1:  # the run lo..prev ends here
+                runs.append((lo, prev, rest))
+                lo = i
+    runs.sort(key=lambda r: (r[0], [int(i) for i in r[2].split("/")[1:]]))
+    return [f"{lo}{rest}" if lo == hi else f"{lo}-{hi}{rest}" for lo, hi, rest in runs]
+
+
+def _keys(runs: Iterable[str]) -> Iterator[str]:
+    """The chunk keys that `runs` (as `_runs` writes them) stand for; ValueError for a garbled run."""
+    for run in runs:
+        if run == "":
+            yield ""
+            continue
+        match = _RUN.fullmatch(run)
+        if match is None:
+            raise ValueError(run)
+        first, last, tail = int(match[1]), int(match[2] or match[1]), match[3]
+        for i in range(first, last + 1):
+            yield f"{i}{tail}"
+
+
+def _rows(meta: dict[str, Any], key: str) -> str:
+    """The rows (images, or transfers in transfers.zarr) of chunk `key`: arrays are chunked along axis 0 only."""
+    if not key:
+        return "the only chunk"
+    step = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
+    lo = int(key.split("/")[0]) * step
+    return f"rows {lo} to {min(lo + step, meta['shape'][0]) - 1}"
 
 
 def _metadata(path: Path) -> dict[str, Any]:
     return json.loads((path / "zarr.json").read_bytes())
 
 
-def _check_inventory(path: Path, arrays: dict[str, list[int]] | None) -> str | None:
-    """What is wrong with the arrays a complete store lists (gone, unreadable metadata, another shape), if any."""
-    for name, shape in (arrays or {}).items():  # stores written before inventories existed list none
+def _check_inventory(path: Path, arrays: dict[str, list[int]] | None,
+                     chunks: dict[str, list[str]] | None = None) -> str | None:
+    """What is wrong with the arrays a complete store lists (gone, unreadable metadata, another shape, a
+    recorded chunk whose file is gone), if any. One stat per recorded chunk; no chunk is read.
+
+    Stores written before inventories existed list no arrays, and before chunk inventories no chunks: those
+    checks are skipped. Only arrays listed in `arrays` are checked against `chunks` (a writer that replaces an
+    array drops it from `arrays` first, so a replacement killed midway is not taken for damage).
+    """
+    for name, shape in (arrays or {}).items():
         try:
-            found = _metadata(path / name).get("shape")
+            meta = _metadata(path / name)
+            found = meta.get("shape")
         except FileNotFoundError:
             return f"array {name} is missing"
         except (OSError, ValueError):
             return f"the metadata of array {name} is unreadable"
         if found != shape:
             return f"array {name} has shape {found}, expected {shape}"
+        if not chunks or name not in chunks:
+            continue
+        base = f"{path / name}/c"
+        try:
+            for key in _keys(chunks[name]):
+                if not os.path.isfile(f"{base}/{key}" if key else base):
+                    return f"array {name}, chunk {key or 'c'} ({_rows(meta, key)}) is missing"
+        except (ValueError, TypeError, KeyError, IndexError):
+            return f"the chunk inventory of array {name} is unreadable"
     return None
 
 
@@ -114,7 +288,8 @@ def find_damage(path: str | Path) -> str | None:
     """The first damaged part of the store at `path`, in words, or None when every byte checks out.
 
     Reads every chunk once (only after a read failed): unreadable metadata, a chunk failing its CRC32C
-    checksum (the codec appends it to the chunk's bytes), or an array of the inventory that is gone.
+    checksum (the codec appends it to the chunk's bytes), an array of the inventory that is gone, or a chunk
+    of the inventory whose file is gone.
     """
     path = Path(path)
     for meta_file in sorted(path.rglob("zarr.json")):
@@ -130,12 +305,11 @@ def find_damage(path: str | Path) -> str | None:
             blob = chunk.read_bytes()
             if len(blob) < 4 or google_crc32c.value(blob[:-4]) != int.from_bytes(blob[-4:], "little"):
                 key = chunk.relative_to(node / "c").as_posix()
-                step = meta["chunk_grid"]["configuration"]["chunk_shape"][0]  # chunked along the first axis only
-                lo = int(key.split("/")[0]) * step
-                rows = f"rows {lo} to {min(lo + step, meta['shape'][0]) - 1}"  # images, or transfers in transfers.zarr
-                return f"array {name}, chunk {key} ({rows}), fails its CRC32C checksum (truncated or garbled)"
+                return (f"array {name}, chunk {key} ({_rows(meta, key)}), fails its CRC32C checksum (truncated or "
+                        f"garbled)")
     try:
-        return _check_inventory(path, _metadata(path).get("attributes", {}).get("arrays"))
+        attributes = _metadata(path).get("attributes", {})
+        return _check_inventory(path, attributes.get("arrays"), attributes.get("chunks"))
     except (OSError, ValueError):
         return "the metadata of the root group is unreadable"
 
