@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 CONFIG  ?= configs/default.yaml
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup test test-slow demo data preview train extract transfer ahp taxonomy report bench clean
+.PHONY: setup lint test test-slow demo data preview train extract transfer ahp taxonomy report bench clean
 
 setup: $(STAMP)
 
@@ -16,7 +16,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-test: setup
+# ruff with the rules in pyproject.toml; `make test` runs it first
+lint: setup
+	$(BIN)/ruff check .
+
+test: lint
 	$(BIN)/python -m pytest -q -m "not slow"
 
 test-slow: setup

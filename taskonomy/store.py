@@ -25,14 +25,16 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from taskonomy import TaskonomyError
+from taskonomy import TaskonomyError, runfolder
+from taskonomy.runfolder import FILES
 
 __all__ = [
     "CHUNK_BYTES", "REBUILD", "chunk_length", "codecs", "create_image_array", "damage_error", "find_damage",
     "is_complete", "mark_complete", "open_complete", "open_for_writing", "refresh_inventory",
 ]
 
-REBUILD = {"data.zarr": "taskonomy data", "features.zarr": "taskonomy extract", "transfers.zarr": "taskonomy transfer"}
+# store file name -> the command that rebuilds it (taskonomy.runfolder names both)
+REBUILD = {FILES[store]: command for store, command in runfolder.REBUILD.items()}
 
 CHUNK_BYTES = 16 * 2**20  # ~16 MB uncompressed per chunk of the widest array (DESIGN.md: 10-100 MB); small
 # enough that a stage writes several chunks and overlaps their compression with the next chunk's compute

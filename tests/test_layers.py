@@ -52,6 +52,8 @@ def level(module: str) -> int | None:
 def test_imports_go_one_way(module):
     own = level(module)
     for imported in imports(modules()[module]):
+        if module == "taskonomy" and imported.startswith("taskonomy.api"):
+            continue  # the package's front door: `taskonomy.open_run`, imported lazily on first use
         target = level(imported)
         if target is None or imported.rsplit(".", 1)[0] in modules() and imported not in modules() \
                 and level(imported.rsplit(".", 1)[0]) <= own:
