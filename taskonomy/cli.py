@@ -1,14 +1,16 @@
-"""The `taskonomy` command: one subcommand per stage, all sharing --config and --run-dir.
+"""The `taskonomy` command: one subcommand per stage, all sharing --config, --set and --run-dir.
 
     taskonomy --config configs/tiny.yaml data --preview contact.png
+    taskonomy --run-dir runs/tiny --set taxonomy.budget=2 solve     # the folder's own config, one key changed
 
-Every problem with the user's input ends in one line on stderr and exit status 2; the resolved config
-is saved as <run-dir>/config.yaml so a run folder says how it was made.
+Every problem with the user's input ends in one line on stderr and exit status 2 and leaves the run folder as
+it was. A run folder knows its config: <run-dir>/config.yaml, saved when a command succeeds, is what a command
+without --config uses; a --config or --set that changes a key of a stored result the command does not rebuild
+is refused (`Context.open`). The folder's format version is checked before anything else (run.json).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -18,9 +20,44 @@ import click
 import yaml
 
 from taskonomy import TaskonomyError
-from taskonomy.config import Config, load_config
+from taskonomy.config import STAGES as BUILT, Config, changed_keys, flat_keys, load_config, stage_of
+from taskonomy.runfolder import FILES, FORMAT_VERSION, check_format, format_version, write_format, write_text
 
 __all__ = ["main"]
+
+
+# The stages whose stored output each command rebuilds (any other command rebuilds none): a changed key of
+# another stage is refused where that stage's output exists (taskonomy.config.stage_of: which key is whose).
+REBUILDS = {"data": ("data",), "train": ("train",), "extract": ("extract",), "transfer": ("transfer",),
+            "ahp": ("ahp",), "run": BUILT, "add-target": ("extract", "transfer"),
+            "add-source": ("extract", "transfer")}
+OUTPUTS = {"data": ("data",), "train": ("models",), "extract": ("features",), "transfer": ("transfers",),
+           "ahp": ("affinity", "ahp_stamp")}  # each stage's stored output (names of runfolder.FILES)
+CREATES = ("data", "run")  # the commands that may make a run folder; the others refuse a missing one
+
+
+@dataclass
+class _Options:
+    """The global options as given; the subcommand resolves them into a Context once its own options parsed."""
+
+    config_path: str | None
+    run_dir: str | None
+    settings: tuple[str, ...]
+    threads: int | None
+    progress: bool
+
+
+def _shown(value) -> str:
+    import json
+
+    return value if isinstance(value, str) and value else json.dumps(value)
+
+
+def _put(doc: dict, key: str, value) -> None:
+    *sections, leaf = key.split(".")
+    for section in sections:
+        doc = doc[section]
+    doc[leaf] = value
 
 
 @dataclass
@@ -28,18 +65,123 @@ class Context:
     config: Config
     run_dir: Path
     progress: bool
+    command: str = ""
+    stored: Config | None = None  # the folder's config.yaml as it stands; None: it has none yet
+    resolved: Config | None = None  # the global options' config, before a command's own options change it
+    created: Path | None = None  # the outermost folder this command made (removed if it fails on its input)
+
+    @classmethod
+    def open(cls, options: _Options, command: str) -> Context:
+        """The run folder and config of `command`, checked before anything is read from the folder, written,
+        created or locked: the folder's format; a missing folder (only `data` and `run` make one); the config:
+        --config's, else the folder's config.yaml, else the built-in defaults, with --threads and every --set on
+        top; and no changed key of a stored result the command does not rebuild."""
+        overrides = {"threads": options.threads} if options.threads else None
+        given = load_config(options.config_path, overrides, options.settings) if options.config_path else None
+        if options.run_dir:
+            run_dir = Path(options.run_dir)
+        elif given is not None:
+            run_dir = Path("runs") / given.name
+        else:  # the default name, or the one a --set name=... gives
+            named = [s for s in options.settings if s.partition("=")[0].strip() == "name"]
+            run_dir = Path("runs") / (load_config(None, None, named[-1:]).name)
+        if run_dir.is_dir():
+            if command != "upgrade" or (format_version(run_dir) or 0) > FORMAT_VERSION:
+                check_format(run_dir)
+        elif command not in CREATES:
+            example = f"--config {options.config_path}" if options.config_path else "--config FILE"
+            where = f" --run-dir {run_dir}" if options.run_dir else ""
+            raise TaskonomyError(f"run folder {run_dir} does not exist; make it with `taskonomy {example}{where} run` "
+                                 f"(or `data`)")
+        stored_path = run_dir / FILES["config"]
+        stored = load_config(stored_path) if stored_path.is_file() else None
+        config = given or load_config(stored_path if stored else None, overrides, options.settings)
+        context = cls(config, run_dir, options.progress, command, stored, config)
+        context.refuse_conflicts()
+        return context
+
+    def output_of(self, stage: str) -> str | None:
+        """The name of `stage`'s stored output in the folder, or None when it has none there."""
+        for name in OUTPUTS[stage]:
+            if (self.run_dir / FILES[name]).exists():
+                return FILES[name] + ("/" if name == "models" else "")
+        return None
+
+    def refuse_conflicts(self) -> None:
+        """One line for the first key that differs from the folder's config.yaml and belongs to a stage whose
+        output is in the folder but which this command does not rebuild."""
+        if self.stored is None:
+            return
+        rebuilt = REBUILDS.get(self.command, ())
+        for key, old, new in changed_keys(self.stored, self.config):
+            stage = stage_of(key)
+            if stage not in BUILT or stage in rebuilt or (output := self.output_of(stage)) is None:
+                continue
+            raise TaskonomyError(f"{key} is {_shown(old)} in {self.run_dir / FILES['config']}, {_shown(new)} here; "
+                                 f"`taskonomy {self.command}` does not rebuild {output}: run `taskonomy {stage}` "
+                                 f"(or `taskonomy run`) with it")
+
+    def start(self) -> None:
+        """Lock the folder (when it exists) and cap the threads."""
+        self.hold()
+        from taskonomy.runtime import cap_threads
+
+        cap_threads(self.config.threads)
 
     def prepare_run_dir(self) -> Path:
-        """Create the run folder, lock it, prove it is writable, and save the resolved config in it."""
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.hold()
-            tmp = self.run_dir / ".config.yaml.tmp"
-            tmp.write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
-            os.replace(tmp, self.run_dir / "config.yaml")
-        except OSError as err:
-            raise TaskonomyError(f"cannot write run folder {self.run_dir}: {err.strerror or err}") from None
+        """The run folder, locked: `data` and `run` make it when it is missing (and prove it writable by
+        locking it). The config is saved only when the command succeeds (`save_config`)."""
+        if not self.run_dir.is_dir():
+            if self.command not in CREATES:
+                raise TaskonomyError(f"run folder {self.run_dir} does not exist")
+            top = self.run_dir
+            while not top.parent.exists() and top.parent != top:
+                top = top.parent
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise TaskonomyError(f"cannot write run folder {self.run_dir}: {err.strerror or err}") from None
+            self.created = self.created or top
+        self.hold()
         return self.run_dir
+
+    def discard(self) -> None:
+        """After a failure on input: remove the folder this command made, if it holds nothing but the lock."""
+        if self.created is None:
+            return
+        folder = self.run_dir
+        try:
+            if any(p.name != FILES["lock"] for p in folder.iterdir()):
+                return
+            (folder / FILES["lock"]).unlink(missing_ok=True)
+            while True:
+                folder.rmdir()
+                if folder == self.created:
+                    break
+                folder = folder.parent
+        except OSError:
+            pass
+        self.created = None
+
+    def save_config(self, done) -> None:
+        """After a command (or a stage of `run`) succeeded: config.yaml (atomically, and only when it changes)
+        and run.json (when missing). Kept from the folder's config.yaml: threads and taxonomy.* (never saved:
+        they change no stored result), and the keys of a stage not in `done` whose output the folder holds; a
+        folder with no config.yaml yet gets the whole config of the global options."""
+        if not self.run_dir.is_dir():
+            return
+        doc = self.config.model_dump(mode="json")
+        kept = flat_keys(self.stored or self.resolved or self.config)
+        for key in kept:
+            stage = stage_of(key)
+            if stage == "ephemeral" or (self.stored is not None and stage in BUILT and stage not in done
+                                        and self.output_of(stage) is not None):
+                _put(doc, key, kept[key])
+        if self.stored is None or doc != self.stored.model_dump(mode="json"):
+            write_text(self.run_dir / FILES["config"], yaml.safe_dump(doc, sort_keys=False))
+            self.stored = Config.model_validate(doc)
+        if not (self.run_dir / FILES["format"]).is_file():
+            write_format(self.run_dir)
 
     def hold(self) -> None:
         """Hold <run-dir>/.lock until the current command ends: a second writer on this folder is refused."""
@@ -53,22 +195,32 @@ class Context:
 
 
 class _RunCommand(click.Command):
-    """A subcommand: it writes into the run folder, so it holds the folder's lock while it runs; and when a
-    read fails, a damaged store of the run is reported by name instead of a traceback."""
+    """A subcommand: it resolves the global options against the run folder (Context.open), holds the folder's
+    lock while it runs, saves the config when it succeeds, and when a read fails, reports a damaged store of
+    the run by name instead of a traceback."""
 
     def invoke(self, ctx: click.Context):
-        ctx.obj.hold()
+        if isinstance(ctx.obj, _Options):
+            ctx.obj = Context.open(ctx.obj, self.name)
+        run: Context = ctx.obj
         try:
-            return super().invoke(ctx)
-        except (TaskonomyError, click.ClickException, click.exceptions.Abort, click.exceptions.Exit):
+            run.start()
+            result = super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Abort, click.exceptions.Exit):
+            raise
+        except TaskonomyError:
+            run.discard()
             raise
         except Exception:  # e.g. Zarr's crc32c codec: "Stored and computed checksum do not match"
             from taskonomy.store import damage_error
 
-            error = damage_error(ctx.obj.run_dir)
+            error = damage_error(run.run_dir)
             if error is None:
                 raise
+            run.discard()
             raise error from None
+        run.save_config(REBUILDS.get(run.command, ()))
+        return result
 
 
 class _Cli(click.Group):
@@ -91,24 +243,18 @@ def _report(ctx: Context, stage: str, outcome: dict[str, str], store: Path, star
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="YAML config (defaults apply to every key it leaves out).")
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None,
-              help="Run folder [default: runs/<config name>].")
+              help="Run folder [default: runs/<config name>]; without --config, its config.yaml is the config.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Change one config key, e.g. --set transfer.epochs=5 (repeatable; VALUE is YAML). Saved in the "
+                   "run folder's config.yaml when the command succeeds, except threads and taxonomy.*.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Override the config's thread cap.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or status lines.")
 @click.version_option(package_name="taskonomy-engine")
 @click.pass_context
-def cli(click_ctx: click.Context, config_path: str | None, run_dir: str | None, threads: int | None,
-        quiet: bool) -> None:
+def cli(click_ctx: click.Context, config_path: str | None, run_dir: str | None, settings: tuple[str, ...],
+        threads: int | None, quiet: bool) -> None:
     """A Taskonomy engine: task transfer affinities and the supervision taxonomy, over cached features."""
-    overrides = {"threads": threads} if threads else None
-    config = load_config(config_path, overrides)
-    click_ctx.obj = Context(config, Path(run_dir) if run_dir else Path("runs") / config.name, not quiet)
-    from taskonomy.runtime import cap_threads
-
-    cap_threads(config.threads)
-    if (click_ctx.obj.run_dir / "added_targets.json").is_file():  # targets added from the cache earlier
-        from taskonomy.transfer.add_target import load_added_targets
-
-        load_added_targets(click_ctx.obj.run_dir)
+    click_ctx.obj = _Options(config_path, run_dir, settings, threads, not quiet)  # resolved by the subcommand
 
 
 @cli.command()
@@ -364,7 +510,7 @@ def run(click_ctx: click.Context, force: bool, redo: tuple[str, ...]) -> None:
 
     ctx: Context = click_ctx.obj
     run_dir = ctx.prepare_run_dir()
-    timings = {}
+    timings, done = {}, []
     for name in STAGES:
         _say(ctx, f"run: {name}")
         start = time.perf_counter()
@@ -373,10 +519,40 @@ def run(click_ctx: click.Context, force: bool, redo: tuple[str, ...]) -> None:
             forced = {"timings": dict(timings)}
         click_ctx.invoke(cli.commands[name], **forced)
         timings[name] = round(time.perf_counter() - start, 2)
-    tmp = run_dir / ".run_timings.json.tmp"
-    tmp.write_text(json.dumps({"seconds": timings, "total": round(sum(timings.values()), 2)}, indent=1))
-    os.replace(tmp, run_dir / "run_timings.json")
+        done.append(name)
+        ctx.save_config(done)  # the keys of the stages done so far; a later stage that fails keeps its old ones
+    write_text(run_dir / FILES["run_timings"],
+               json.dumps({"seconds": timings, "total": round(sum(timings.values()), 2)}, indent=1))
     _say(ctx, "run: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+
+
+@cli.command()
+@click.pass_obj
+def upgrade(ctx: Context) -> None:
+    """Bring a run folder made by an older version to this version's format: verify its stores, record what this
+    version needs (chunk inventories), then write run.json."""
+    from taskonomy.store import REBUILD, is_complete, refresh_inventory
+
+    run_dir = ctx.prepare_run_dir()
+    if format_version(run_dir) == FORMAT_VERSION:
+        _say(ctx, f"upgrade: {run_dir} is format {FORMAT_VERSION} already")
+        return
+    start = time.perf_counter()
+    for key in ("data", "features", "transfers"):
+        path = run_dir / FILES[key]
+        if not path.exists():
+            continue
+        if not is_complete(path):  # its stage finishes it, and records the inventory when it does
+            _say(ctx, f"upgrade: {path} is incomplete: `{REBUILD[path.name]}` finishes it")
+            continue
+        try:
+            refresh_inventory(path)
+        except TaskonomyError as err:
+            raise TaskonomyError(f"{err} (once the folder is upgraded: remove {path} and run "
+                                 f"`taskonomy --run-dir {run_dir} upgrade` again first)") from None
+        _say(ctx, f"upgrade: {path} verified")
+    write_format(run_dir)
+    _say(ctx, f"upgrade: {run_dir} is format {FORMAT_VERSION} ({time.perf_counter() - start:.1f} s)")
 
 
 def main(argv: list[str] | None = None) -> int:

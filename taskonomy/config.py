@@ -1,8 +1,12 @@
 """Configuration: validated defaults, a small YAML override, the resolved config saved in the run folder.
 
     taskonomy --config configs/tiny.yaml data
+    taskonomy --run-dir runs/tiny --set transfer.epochs=5 transfer     # the folder's config.yaml, one key changed
 
-An unknown key or a bad value is refused with one line naming the key and what was expected.
+An unknown key or a bad value is refused with one line naming the key and what was expected. The built-in
+defaults are configs/default.yaml's values (the main job), so `load_config()` is that run. Every key belongs to
+the stage whose stored output it changes (`stage_of`): a run folder's config.yaml is compared key by key with
+a new config (`changed_keys`) before a command may use it there.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import yaml
@@ -19,8 +24,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from taskonomy import TaskonomyError
 from taskonomy import tasks as registry
 
-__all__ = ["AhpConfig", "Config", "DataConfig", "ExtractConfig", "SplitConfig", "TaxonomyConfig", "TrainConfig",
-           "TransferConfig", "content_hash", "load_config"]
+__all__ = ["AhpConfig", "Config", "DataConfig", "EPHEMERAL", "ExtractConfig", "SplitConfig", "STAGES",
+           "TaxonomyConfig", "TrainConfig", "TransferConfig", "changed_keys", "content_hash", "flat_keys",
+           "load_config", "parse_setting", "stage_of"]
+
+# The main job's tasks (configs/default.yaml): the 21 single-image tasks; the multi-view ones need the GPU run.
+DEFAULT_TASKS = ("autoencoding", "denoising", "colorization", "inpainting", "jigsaw", "edge_texture", "keypoints2d",
+                 "segment_unsup2d", "depth_zbuffer", "depth_euclidean", "normal", "reshading", "curvature",
+                 "edge_occlusion", "keypoints3d", "segment_unsup25d", "room_layout", "vanishing_point",
+                 "segment_semantic", "class_object", "class_scene")
 
 
 class _Strict(BaseModel):
@@ -31,19 +43,20 @@ class SplitConfig(_Strict):
     """Splits are made by scene, so no room appears in two splits (as Taskonomy splits by building)."""
 
     test: float = Field(0.25, gt=0, lt=1, description="fraction of scenes held out for testing transfers")
-    transfer: float = Field(0.125, gt=0, le=1, description="fraction of the train scenes the readouts see")
+    transfer: float = Field(0.25, gt=0, le=1, description="fraction of the train scenes the readouts see")
 
 
 class DataConfig(_Strict):
     """The generated data set."""
 
-    image_size: int = Field(64, ge=16, le=512)
-    n_scenes: int = Field(600, ge=4)
-    views_per_scene: int = Field(5, ge=1, le=1000)
+    image_size: int = Field(32, ge=16, le=512)
+    n_scenes: int = Field(500, ge=4)
+    views_per_scene: int = Field(4, ge=1, le=1000)
     max_objects: int = Field(6, ge=2, le=24)
     n_lights: int = Field(2, ge=1, le=8)
     fov_degrees: float = Field(65.0, ge=30, le=120)
-    tasks: list[str] | Literal["all"] = "all"
+    tasks: list[str] | Literal["all"] = Field(default_factory=lambda: list(DEFAULT_TASKS),
+                                              description="labelled tasks; 'all' = every task of the dictionary")
     splits: SplitConfig = SplitConfig()
     chunk_images: int | Literal["auto"] = "auto"
     batch: int = Field(64, ge=1, le=4096, description="images rendered per call of the ray caster")
@@ -88,8 +101,8 @@ class TrainConfig(_Strict):
     width: int = Field(16, ge=4, le=512, description="channels of the encoder's first stage (doubling per stage)")
     blocks: int = Field(1, ge=1, le=8, description="residual blocks per encoder stage")
     feature_channels: int = Field(16, ge=1, le=512, description="channels of the representation")
-    epochs: int = Field(6, ge=1, le=1000)
-    batch: int = Field(64, ge=1, le=4096)
+    epochs: int = Field(15, ge=1, le=1000)
+    batch: int = Field(32, ge=1, le=4096)
     lr: float = Field(2e-3, gt=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0, lt=1)
     validation: float = Field(0.1, ge=0, lt=1, description="fraction of train scenes held out for early stopping")
@@ -199,9 +212,9 @@ class TaxonomyConfig(_Strict):
 class TransferConfig(_Strict):
     """Stage II: readouts from frozen features to every target, trained on the transfer split."""
 
-    epochs: int = Field(30, ge=1, le=10000)
-    batch: int = Field(64, ge=1, le=65536)
-    lr: float = Field(2e-3, gt=0, lt=1)
+    epochs: int = Field(20, ge=1, le=10000)
+    batch: int = Field(32, ge=1, le=65536)
+    lr: float = Field(1e-2, gt=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0, lt=1)
     hidden: int = Field(32, ge=1, le=1024, description="channels of a readout's convolutions")
     max_order: int = Field(3, ge=1, le=8, description="largest number of sources of one transfer")
@@ -217,7 +230,7 @@ class TransferConfig(_Strict):
 
 
 class Config(_Strict):
-    """A whole run's configuration. Later stages add their sections here."""
+    """A whole run's configuration; its defaults are configs/default.yaml's (tests/test_config.py checks it)."""
 
     name: str = "default"
     seed: int = Field(0, ge=0, lt=2**63)
@@ -249,8 +262,44 @@ def _one_line(err: ValidationError, source: str) -> str:
     return f"{source}: {key}: {msg}{shown}"
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Defaults, then the YAML file at `path` (its stem is the default name), then `overrides`."""
+def parse_setting(text: str) -> tuple[tuple[str, ...], Any]:
+    """`--set KEY=VALUE`: the dotted key's parts and VALUE parsed as YAML (`5`, `0.01`, `[normal, depth_zbuffer]`)."""
+    key, sep, value = text.partition("=")
+    parts = tuple(part.strip() for part in key.split("."))
+    if not sep or not all(parts):
+        raise TaskonomyError(f"--set {text}: expected KEY=VALUE with a dotted key, e.g. --set transfer.epochs=5")
+    try:
+        return parts, yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise TaskonomyError(f"--set {text}: the value is not valid YAML") from None
+
+
+def _apply_setting(raw: dict[str, Any], text: str) -> None:
+    """One `--set` into the raw (unvalidated) mapping, in place; a key into a value that is not a section is
+    refused, naming it."""
+    parts, value = parse_setting(text)
+    node = raw
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise TaskonomyError(f"--set {text}: {'.'.join(parts[:depth + 1])} is a value, not a section of keys")
+        node[part] = child = dict(child)  # copied: the caller's mapping is not changed under it
+        node = child
+    node[parts[-1]] = value
+
+
+def _validate(raw: dict[str, Any], source: str) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise TaskonomyError(_one_line(err, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                settings: Sequence[str] = ()) -> Config:
+    """Defaults, then the YAML file at `path` (its stem is the default name), then `overrides` (top-level keys),
+    then `settings` (`KEY=VALUE` strings of `--set`, dotted keys, YAML values), each validated like the file:
+    a bad key or value is one line naming its source (the file, or the `--set` that brought it)."""
     raw: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
@@ -273,10 +322,51 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         raw.setdefault("name", path.stem)
     for key, value in (overrides or {}).items():
         raw[key] = value
-    try:
-        return Config.model_validate(raw)
-    except ValidationError as err:
-        raise TaskonomyError(_one_line(err, source)) from None
+    config = _validate(raw, source)
+    for text in settings:  # one at a time, so that an error names the --set that caused it
+        _apply_setting(raw, text)
+        config = _validate(raw, f"--set {text}")
+    return config
+
+
+# Every key belongs to the stage whose stored output it changes; None: nothing stored (the name); EPHEMERAL
+# sections change no stored result (solve and evaluate write their settings into their own outputs).
+STAGES = ("data", "train", "extract", "transfer", "ahp")
+EPHEMERAL = ("threads", "taxonomy")
+
+
+def stage_of(key: str) -> str | None:
+    """The stage whose output a dotted key changes ('data' for seed and data.*), 'ephemeral' for threads and
+    taxonomy.*, None for the name."""
+    top = key.split(".", 1)[0]
+    if top == "seed":
+        return "data"
+    if top in STAGES:
+        return top
+    return "ephemeral" if top in EPHEMERAL else None
+
+
+def flat_keys(config: Config) -> dict[str, Any]:
+    """{dotted key: value as JSON} for every setting, sections flattened (data.splits.test, ...); a mapping
+    value such as taxonomy.importance is one key."""
+    flat: dict[str, Any] = {}
+
+    def walk(model: BaseModel, dumped: dict[str, Any], prefix: str) -> None:
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            if isinstance(value, BaseModel):
+                walk(value, dumped[name], f"{prefix}{name}.")
+            else:
+                flat[prefix + name] = dumped[name]
+
+    walk(config, config.model_dump(mode="json"), "")
+    return flat
+
+
+def changed_keys(old: Config, new: Config) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) of every setting that differs, in the config's order."""
+    before, after = flat_keys(old), flat_keys(new)
+    return [(key, before[key], value) for key, value in after.items() if before[key] != value]
 
 
 def content_hash(*parts: Any) -> str:

@@ -28,6 +28,64 @@ def test_defaults_need_no_file():
     assert load_config().name == "default"
 
 
+def test_the_built_in_defaults_are_the_default_config():
+    assert load_config(None) == load_config(ROOT / "configs" / "default.yaml")
+    assert load_config(None).model_dump() == load_config(ROOT / "configs" / "default.yaml").model_dump()
+
+
+@pytest.mark.parametrize("settings,expected", [
+    (["transfer.epochs=5"], {"transfer.epochs": 5}),
+    (["transfer.epochs=5", "taxonomy.budget=2.5", "data.tasks=[normal, rgb2sfnorm2]"], None),
+    (["data.tasks=[normal, class_scene]", "transfer.targets=[normal]"],
+     {"data.tasks": ["normal", "class_scene"], "transfer.targets": ["normal"]}),
+    (["taxonomy.importance.normal=2", "taxonomy.importance.class_scene=0.5"],
+     {"taxonomy.importance": {"normal": 2.0, "class_scene": 0.5}}),
+    (["data.splits={test: 0.5}"], {"data.splits.test": 0.5}),  # a mapping value replaces the section
+    (["transfer.scheduler=tcp://host:8786", "threads=3", "name=other"],
+     {"transfer.scheduler": "tcp://host:8786", "threads": 3, "name": "other"}),
+])
+def test_set_changes_dotted_keys_with_yaml_values(settings, expected):
+    from taskonomy.config import changed_keys
+
+    if expected is None:  # rgb2sfnorm2 is no task: the last --set is named
+        with pytest.raises(TaskonomyError, match=r"^--set data\.tasks=\[normal, rgb2sfnorm2\]: data\.tasks: "):
+            load_config(None, None, settings)
+        return
+    config = load_config(None, None, settings)
+    assert {key: new for key, _, new in changed_keys(load_config(), config)} == expected
+
+
+@pytest.mark.parametrize("setting,expected", [
+    ("transfer.epochz=5", "--set transfer.epochz=5: unknown key 'transfer.epochz'"),
+    ("nope=1", "--set nope=1: unknown key 'nope'"),
+    ("transfer.epochs=five", "--set transfer.epochs=five: transfer.epochs: Input should be a valid integer"),
+    ("data.image_size=30", "--set data.image_size=30: data.image_size: expected a multiple of 8"),
+    ("transfer.epochs", "--set transfer.epochs: expected KEY=VALUE with a dotted key"),
+    ("=5", "--set =5: expected KEY=VALUE"),
+    ("transfer..epochs=5", "--set transfer..epochs=5: expected KEY=VALUE"),
+    ("transfer.epochs=[1", "--set transfer.epochs=[1: the value is not valid YAML"),
+    ("transfer.epochs.x=1", "--set transfer.epochs.x=1: transfer.epochs is a value, not a section of keys"),
+])
+def test_bad_settings_are_one_line_errors_naming_the_setting(tmp_path, setting, expected):
+    path = tmp_path / "base.yaml"
+    path.write_text("transfer: {epochs: 3}\n")
+    with pytest.raises(TaskonomyError) as info:
+        load_config(path, None, [setting])
+    assert str(info.value).startswith(expected) and "\n" not in str(info.value)
+
+
+def test_every_key_belongs_to_a_stage_or_changes_nothing_stored():
+    from taskonomy.config import flat_keys, stage_of
+
+    owners = {key: stage_of(key) for key in flat_keys(load_config())}
+    assert owners["seed"] == owners["data.image_size"] == owners["data.splits.test"] == "data"
+    assert owners["train.epochs"] == "train" and owners["extract.taskonomy_encoders"] == "extract"
+    assert owners["transfer.lr"] == "transfer" and owners["ahp.resamples"] == "ahp"
+    assert owners["threads"] == owners["taxonomy.budget"] == owners["taxonomy.importance"] == "ephemeral"
+    assert owners["name"] is None
+    assert set(owners.values()) == {"data", "train", "extract", "transfer", "ahp", "ephemeral", None}
+
+
 @pytest.mark.parametrize("text,expected", [
     ("data:\n  image_size: 30\n", r"data\.image_size: expected a multiple of 8"),
     ("data:\n  imagesize: 32\n", r"unknown key 'data\.imagesize'"),

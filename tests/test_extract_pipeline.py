@@ -23,7 +23,7 @@ def quick_run(tiny_data, tmp_path_factory):
     config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
     torch.manual_seed(0)
     encoder_file = save_taskonomy_checkpoint(TaskonomyEncoder(), tmp_path, "rgb2sfnorm")
-    config["train"] = {"tasks": ["normal", "class_scene"], "epochs": 1, "width": 8, "feature_channels": 8}
+    config["train"] = {"tasks": ["normal", "class_scene"], "epochs": 1, "batch": 64, "width": 8, "feature_channels": 8}
     config["extract"] = {"taskonomy_encoders": {"tk_normal": str(encoder_file)}, "taskonomy_size": 32,
                          "chunk_images": 32}
     (tmp_path / "quick.yaml").write_text(yaml.safe_dump(config))

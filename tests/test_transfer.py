@@ -81,7 +81,7 @@ def test_feed_reads_chunk_aligned_blocks_and_stats_match_numpy(tmp_path):
 
 def _config(tmp_path, **transfer) -> str:
     config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
-    config["transfer"] = {"epochs": 3, "targets": TARGETS, "max_order": 2, **transfer}
+    config["transfer"] = {"epochs": 3, "batch": 64, "lr": 2e-3, "targets": TARGETS, "max_order": 2, **transfer}
     path = tmp_path / "stage2.yaml"
     path.write_text(yaml.safe_dump(config))
     return str(path)
