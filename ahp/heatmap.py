@@ -4,7 +4,8 @@
 
 Targets are rows, first-order sources columns, both ordered by hierarchical clustering of the AHP rows
 (average linkage, optimal leaf order), and a source that is also a target takes that target's place, so
-the self-transfer cells line up on a diagonal where there is one.
+the self-transfer cells line up on a diagonal where there is one. Figures are built on their own
+(`matplotlib.figure.Figure`), never through pyplot, so importing this module leaves the backend alone.
 """
 
 from __future__ import annotations
@@ -13,15 +14,14 @@ import os
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import FormatStrFormatter, NullLocator
+from scipy.cluster.hierarchy import leaves_list, linkage
 
-matplotlib.use("Agg")  # files only; never a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
-from matplotlib.ticker import FormatStrFormatter, NullLocator  # noqa: E402
-from scipy.cluster.hierarchy import leaves_list, linkage  # noqa: E402
-
-__all__ = ["cluster_order", "plot_affinity_heatmap"]
+__all__ = ["affinity_heatmap_figure", "cluster_order", "plot_affinity_heatmap"]
 
 _ANNOTATE_CELLS = 600  # write the numbers into the cells up to this many cells; past it they are unreadable
 
@@ -44,13 +44,13 @@ def _axes_order(targets: list[str], sources: list[str], affinity: np.ndarray) ->
 
 
 def _panel(ax, values: np.ndarray, rows: list[str], cols: list[str], title: str, label: str, cmap: str,
-           log: bool, fig) -> None:
+           log: bool, fig: Figure) -> None:
     masked = np.ma.masked_invalid(values)
     finite = values[np.isfinite(values)]
     norm = None
     if log and finite.size and finite.min() > 0 and finite.max() > finite.min():
         norm = LogNorm(vmin=finite.min(), vmax=finite.max())
-    colormap = plt.get_cmap(cmap).with_extremes(bad="#dddddd")  # grey: a transfer that was not tried
+    colormap = matplotlib.colormaps[cmap].with_extremes(bad="#dddddd")  # grey: a transfer that was not tried
     image = ax.imshow(masked, cmap=colormap, norm=norm, aspect="auto", interpolation="nearest")
     ax.set_xticks(range(len(cols)), cols, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
@@ -58,7 +58,7 @@ def _panel(ax, values: np.ndarray, rows: list[str], cols: list[str], title: str,
     ax.set_title(title, fontsize=10)
     for r, target in enumerate(rows):  # outline the self-transfer cells
         if target in cols:
-            ax.add_patch(plt.Rectangle((cols.index(target) - 0.5, r - 0.5), 1, 1, fill=False, lw=1.2, ec="red"))
+            ax.add_patch(Rectangle((cols.index(target) - 0.5, r - 0.5), 1, 1, fill=False, lw=1.2, ec="red"))
     if values.size <= _ANNOTATE_CELLS and finite.size:
         mid = np.exp(np.log(finite).mean()) if norm is not None else (finite.min() + finite.max()) / 2
         bright_high = cmap == "viridis"
@@ -75,15 +75,16 @@ def _panel(ax, values: np.ndarray, rows: list[str], cols: list[str], title: str,
         bar.ax.yaxis.set_major_formatter(FormatStrFormatter("%.2f"))
 
 
-def plot_affinity_heatmap(path: str | Path, targets: list[str], sources: list[str], affinity: np.ndarray,
-                          loss_ratio: np.ndarray, title: str = "") -> Path:
-    """Write the two-panel PNG atomically: (targets, sources) arrays, NaN where a transfer was not tried."""
-    path = Path(path)
+def affinity_heatmap_figure(targets: list[str], sources: list[str], affinity: np.ndarray, loss_ratio: np.ndarray,
+                            title: str = "") -> Figure:
+    """The two-panel figure: (targets, sources) arrays, NaN where a transfer was not tried."""
     width = 4 + 0.36 * len(sources)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(2 * width, 2.2 + 0.3 * len(targets)), constrained_layout=True)
+    # a Figure of its own, not pyplot: no global backend or figure registry, so notebooks keep their plots
+    fig = Figure(figsize=(2 * width, 2.2 + 0.3 * len(targets)), layout="constrained")
+    left, right = fig.subplots(1, 2)
     if affinity.size == 0:  # no first-order transfer at all: say so rather than fail
         fig.suptitle(f"{title}: no first-order transfers to show")
-        return _save(fig, path)
+        return fig
     rows, cols = _axes_order(targets, sources, affinity)
     row_names = [targets[r] for r in rows]
     col_names = [sources[c] for c in cols]
@@ -96,14 +97,17 @@ def plot_affinity_heatmap(path: str | Path, targets: list[str], sources: list[st
     left.set_ylabel("target")
     if title:
         fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    return fig
 
 
-def _save(fig, path: Path) -> Path:
+def plot_affinity_heatmap(path: str | Path, targets: list[str], sources: list[str], affinity: np.ndarray,
+                          loss_ratio: np.ndarray, title: str = "") -> Path:
+    """Write affinity_heatmap_figure() as a PNG atomically."""
+    return _save(affinity_heatmap_figure(targets, sources, affinity, loss_ratio, title), Path(path))
+
+
+def _save(fig: Figure, path: Path) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")  # atomic: a killed run never leaves half a PNG
-    try:
-        fig.savefig(tmp, format="png", dpi=130)
-    finally:
-        plt.close(fig)
+    fig.savefig(tmp, format="png", dpi=130)
     os.replace(tmp, path)
     return path

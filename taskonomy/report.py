@@ -2,11 +2,12 @@
 
     taskonomy --config configs/tiny.yaml report          # -> <run>/report/index.html
 
-Reads what the stages wrote: affinity.csv (stage III) is required; every other input is shown when present
-and is a "not available" line when not. The taxonomy is solved again at a few budgets for the graphs (into
-report/, never over the run's taxonomy.json). The page is built in a temporary folder and renamed into place,
-so a killed report leaves the previous one, never half of a new one; it is rebuilt every time (a few seconds:
-three small BIPs and their figures), so it always shows the run folder as it is now.
+Reads what the stages wrote and only renders it: affinity.csv (stage III) is required; every other input is
+shown when present and is a "not available" line when not. The taxonomies at a few budgets are the ones
+`taskonomy evaluate` drew (budget_taxonomies.json lists them); nothing here solves a BIP, so this module imports
+no solver. The page is built in a temporary folder and renamed into place, so a killed report leaves the
+previous one, never half of a new one; it is rebuilt every time (about a second), so it always shows the run
+folder as it is now.
 """
 
 from __future__ import annotations
@@ -21,18 +22,18 @@ import platform
 import shutil
 import sys
 import tempfile
-import warnings
 from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from taskonomy import TaskonomyError, TaskonomyWarning
+from taskonomy import TaskonomyError
 from taskonomy.config import Config, load_config
+from taskonomy.runfolder import FILES, RunFolder
 
-__all__ = ["PACKAGES", "REPORT_DIR", "build_report", "report_budgets", "top_sources"]
+__all__ = ["PACKAGES", "REPORT_DIR", "build_report", "top_sources"]
 
-REPORT_DIR = "report"
+REPORT_DIR = FILES["report"]
 PACKAGES = ("taskonomy-engine", "torch", "numpy", "numba", "zarr", "dask", "scipy", "pulp", "highspy", "matplotlib")
 _TOP = 3  # sources per target in the table of top sources
 
@@ -123,26 +124,21 @@ def _figure(out: Path, source: Path | None, name: str, caption: str) -> str:
             f"<figcaption>{_e(caption)}</figcaption></figure>")
 
 
-def report_budgets(n_sources: int) -> list[int]:
-    """Budgets for the report's taxonomy graphs: 1, 3 and 5 where there are that many sources."""
-    return [b for b in (1, 3, 5) if b <= n_sources]
-
-
-def _run_config(run_dir: Path, fallback: Config | None) -> Config:
+def _run_config(run: RunFolder, fallback: Config | None) -> Config:
     """The run folder's own resolved config (how it was made), else the caller's, else the defaults."""
     try:
-        return load_config(run_dir / "config.yaml")
+        return load_config(run.config)
     except TaskonomyError:
         return fallback if fallback is not None else load_config(None)
 
 
-def _intro(run_dir: Path, config: Config) -> str:
-    header, rows = _read_csv(run_dir / "affinity.csv")
+def _intro(run: RunFolder, config: Config) -> str:
+    header, rows = _read_csv(run.affinity)
     transfers = [h for h in header[1:] if h not in ("full", "scratch")]
     order = max((t.count("+") + 1 for t in transfers), default=0)
     images = ""
-    if (run_dir / "ahp_summary.csv").is_file():
-        counts = {r.get("images") for r in _read_csv(run_dir / "ahp_summary.csv")[1]}
+    if run.ahp_summary.is_file():
+        counts = {r.get("images") for r in _read_csv(run.ahp_summary)[1]}
         images = f" over {', '.join(sorted(c for c in counts if c))} test images"
     d, tx = config.data, config.taxonomy
     return (f'<p class="lede">This run generated {d.n_scenes * d.views_per_scene} images ({d.n_scenes} scenes, '
@@ -157,125 +153,113 @@ def _intro(run_dir: Path, config: Config) -> str:
             f"training from scratch) and quality (win rate against full supervision).</p>")
 
 
-def _data_section(run_dir: Path, out: Path) -> str:
-    sheet = run_dir / "contact_sheet.png"
+def _data_section(run: RunFolder, out: Path) -> str:
+    sheet, data = run.contact_sheet, run.data
     if sheet.is_file():
-        return _figure(out, sheet, "contact_sheet.png", "Contact sheet: test images as rows, every task's label "
-                                                        "as columns (contact_sheet.png of the run folder).")
-    if not (run_dir / "data.zarr").exists():
-        return _na("Contact sheet", "no contact_sheet.png and no data.zarr in the run folder")
+        return _figure(out, sheet, sheet.name, f"Contact sheet: test images as rows, every task's label as columns "
+                                               f"({sheet.name} of the run folder).")
+    if not data.exists():
+        return _na("Contact sheet", f"no {sheet.name} and no {data.name} in the run folder")
     from taskonomy.scenes.preview import contact_sheet
 
     try:
-        contact_sheet(run_dir / "data.zarr", out / "contact_sheet.png")
+        contact_sheet(data, out / sheet.name)
     except TaskonomyError as err:
         return _na("Contact sheet", str(err))
     except Exception as err:  # an optional picture of a store that another version wrote must not stop the report
-        return _na("Contact sheet", f"cannot render it from data.zarr: {type(err).__name__}: {err}")
-    return _figure(out, None, "contact_sheet.png", "Contact sheet rendered from data.zarr for this report: "
-                                                   "test images as rows, every task's label as columns.")
+        return _na("Contact sheet", f"cannot render it from {data.name}: {type(err).__name__}: {err}")
+    return _figure(out, None, sheet.name, f"Contact sheet rendered from {data.name} for this report: test images "
+                                          f"as rows, every task's label as columns.")
 
 
-def _affinity_section(run_dir: Path, out: Path) -> str:
-    maps = sorted(run_dir.glob("*heatmap*.png"), key=lambda p: (p.name != "affinity_heatmap.png", p.name))
+def _affinity_section(run: RunFolder, out: Path) -> str:
+    main = run.heatmap.name  # first; then any other heatmap a stage or a user left beside it
+    maps = sorted(run.path.glob("*heatmap*.png"), key=lambda p: (p.name != main, p.name))
     if not maps:
-        return _na("Affinity heatmap", "`taskonomy ahp` writes affinity_heatmap.png")
+        return _na("Affinity heatmap", f"`taskonomy ahp` writes {main}")
     return "".join(_figure(out, p, p.name, f"{p.name}: targets as rows, first-order sources as columns, "
                                            f"clustered; grey cells were not tried.") for p in maps)
 
 
-def _own_taxonomy(run_dir: Path) -> tuple[float, int] | None:
+def _own_taxonomy(run: RunFolder) -> tuple[float, int] | None:
     """(budget, max order) of the run's taxonomy.json when it and its graph are there."""
     try:
-        doc = json.loads((run_dir / "taxonomy.json").read_text())
-        return (float(doc["budget"]), int(doc["max_order"])) if (run_dir / "taxonomy_graph.png").is_file() else None
+        doc = json.loads(run.taxonomy.read_text())
+        return (float(doc["budget"]), int(doc["max_order"])) if run.taxonomy_graph.is_file() else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def _taxonomy_section(run_dir: Path, config: Config, out: Path) -> str:
-    own = _own_taxonomy(run_dir)
+def _taxonomy_section(run: RunFolder, out: Path) -> str:
+    own = _own_taxonomy(run)
+    graph = run.taxonomy_graph
     if own is None:
-        parts = [_na("The run's taxonomy (taxonomy.json and taxonomy_graph.png)", "run `taskonomy solve`")]
+        parts = [_na(f"The run's taxonomy ({run.taxonomy.name} and {graph.name})", "run `taskonomy solve`")]
     else:
-        parts = [_figure(out, run_dir / "taxonomy_graph.png", "taxonomy_graph.png",
-                         f"The run's own taxonomy (`taskonomy solve`, taxonomy.json): budget {own[0]:g}, max order "
-                         f"{own[1]}.")]
-    try:
-        parts += _taxonomy_graphs(run_dir, config, out, own)
-    except TaskonomyError as err:
-        parts.append(_na("Taxonomies at other budgets", str(err)))
+        parts = [_figure(out, graph, graph.name, f"The run's own taxonomy (`taskonomy solve`, {run.taxonomy.name}): "
+                                                 f"budget {own[0]:g}, max order {own[1]}.")]
+    parts.append(_guarded(f"Taxonomies by budget ({run.budget_taxonomies.name})", _budget_taxonomies, run, out, own))
     return "".join(parts)
 
 
-def _taxonomy_graphs(run_dir: Path, config: Config, out: Path, own: tuple[float, int] | None) -> list[str]:
-    """Solve the BIP at report_budgets() with the run's taxonomy settings and draw each policy but `own`."""
-    from taskonomy.taxonomy.bip import solve
-    from taskonomy.taxonomy.evaluate import policy_scores
-    from taskonomy.taxonomy.graph import taxonomy_figure
-    from taskonomy.taxonomy.stage import make_problem, read_affinity, read_losses
-
-    import matplotlib.pyplot as plt  # after graph.py has chosen the Agg backend
-
-    cfg = config.taxonomy
-    affinity = read_affinity(run_dir)
-    probe = make_problem(affinity, cfg, 0.0, cfg.max_order)
-    losses = {}
-    if (run_dir / "transfers.zarr").exists():
-        with warnings.catch_warnings():  # an incomplete target only loses its colour here; ahp warned already
-            warnings.simplefilter("ignore", TaskonomyWarning)
-            losses = read_losses(run_dir, probe.targets)
-    budgets = [b for b in report_budgets(len(probe.sources)) if (b, cfg.max_order) != own]
-    figures = [f"<h3>Budgets {', '.join(map(str, budgets))} (max order {cfg.max_order}), solved for this report"
-               f"</h3>" if budgets else ""]
-    for budget in budgets:
-        solution = solve(make_problem(affinity, cfg, float(budget), cfg.max_order), solver=cfg.solver,
-                         time_limit=cfg.time_limit)
-        if not solution.policy:
-            figures.append(_na(f"Taxonomy at budget {budget}", f"the BIP is {solution.status} at this budget"))
-            continue
-        scores = policy_scores({t: tr.name for t, tr in solution.policy.items()}, losses)
-        title = (f"Budget {budget}, max order {cfg.max_order}: supervise {', '.join(solution.supervised)}; "
-                 f"objective {solution.objective:.3f} ({solution.status})")
-        name = f"taxonomy_budget_{budget}.png"
-        figure = taxonomy_figure(solution.supervised, solution.policy, title, scores or None)
-        figure.savefig(out / name, format="png", dpi=130)
-        plt.close(figure)
-        figures.append(_figure(out, None, name, f"Taxonomy solved for this report at budget {budget}"
-                                                f"{'; targets coloured by quality' if scores else ''}."))
-    return figures
+def _budget_taxonomies(run: RunFolder, out: Path, own: tuple[float, int] | None) -> str:
+    """The taxonomies `taskonomy evaluate` drew at a few budgets, as budget_taxonomies.json lists them, but the
+    one the run's own taxonomy already shows."""
+    listing = run.budget_taxonomies
+    if not listing.is_file():
+        return _na(f"Taxonomies by budget ({listing.name})", "run `taskonomy evaluate`")
+    doc = json.loads(listing.read_text())
+    entries = [e for e in doc["taxonomies"] if (float(e["budget"]), int(e["max_order"])) != own]
+    if not entries:
+        return ""
+    budgets = ", ".join(f"{float(e['budget']):g}" for e in entries)
+    parts = [f"<h3>Budgets {_e(budgets)} (max order {_e(doc['max_order'])}), drawn by <code>taskonomy evaluate</code>"
+             f"</h3>"]
+    for entry in entries:
+        budget, picture = float(entry["budget"]), run.budget_taxonomy(float(entry["budget"]))
+        if entry["file"] is None:
+            parts.append(_na(f"Taxonomy at budget {budget:g}", f"the BIP is {entry['status']} at this budget"))
+        elif not picture.is_file():
+            parts.append(_na(picture.name, "run `taskonomy evaluate`"))
+        else:
+            coloured = "; targets coloured by quality" if entry.get("scored") else ""
+            parts.append(_figure(out, picture, picture.name, f"Taxonomy at budget {budget:g}, max order "
+                                 f"{entry['max_order']}: supervise {', '.join(entry['supervised'])}; objective "
+                                 f"{float(entry['objective']):.3f} ({entry['status']}){coloured}."))
+    return "".join(parts)
 
 
-def _evaluation_section(run_dir: Path, out: Path) -> str:
+def _evaluation_section(run: RunFolder, out: Path) -> str:
     parts = []
-    for name, caption in (("evaluation_curves.png", "Mean gain and quality against the supervision budget per "
-                                                    "max order, then per target (`taskonomy evaluate`)."),
-                          ("evaluation_taxonomies.png", "Taxonomies by budget (columns) and max order (rows).")):
-        parts.append(_figure(out, run_dir / name, name, caption) if (run_dir / name).is_file()
-                     else _na(name, "run `taskonomy evaluate`"))
+    for source, caption in ((run.evaluation_curves, "Mean gain and quality against the supervision budget per max "
+                                                    "order, then per target (`taskonomy evaluate`)."),
+                            (run.evaluation_taxonomies, "Taxonomies by budget (columns) and max order (rows).")):
+        parts.append(_figure(out, source, source.name, caption) if source.is_file()
+                     else _na(source.name, "run `taskonomy evaluate`"))
     parts.append("<h3>Supervision saved</h3>")
-    parts.append(_csv_table(run_dir / "supervision_saved.csv", "supervision_saved.csv", "run `taskonomy evaluate`"))
+    saved = run.supervision_saved_csv
+    parts.append(_csv_table(saved, saved.name, "run `taskonomy evaluate`"))
     return "".join(parts)
 
 
-def top_sources(run_dir: Path, k: int = _TOP) -> list[tuple[str, list[dict[str, str]]]]:
+def top_sources(run_dir: str | Path, k: int = _TOP) -> list[tuple[str, list[dict[str, str]]]]:
     """Per target (file order), its `k` first-order sources of highest affinity, from affinity_ci.csv."""
     by_target: dict[str, list[dict[str, str]]] = {}
-    for row in _read_csv(run_dir / "affinity_ci.csv")[1]:
+    for row in _read_csv(RunFolder(run_dir).affinity_ci)[1]:
         rows = by_target.setdefault(row["target"], [])
         if row.get("order") == "1":
             rows.append(row)
     return [(t, sorted(rows, key=lambda r: -float(r["affinity"] or "nan"))[:k]) for t, rows in by_target.items()]
 
 
-def _top_section(run_dir: Path) -> str:
-    if not (run_dir / "affinity_ci.csv").is_file():
-        return _na("Top sources with intervals", "`taskonomy ahp` writes affinity_ci.csv")
+def _top_section(run: RunFolder) -> str:
+    if not run.affinity_ci.is_file():
+        return _na("Top sources with intervals", f"`taskonomy ahp` writes {run.affinity_ci.name}")
     stability = {}
-    if (run_dir / "ahp_summary.csv").is_file():
-        stability = {r["target"]: r.get("top_source_stability", "") for r in _read_csv(run_dir / "ahp_summary.csv")[1]}
+    if run.ahp_summary.is_file():
+        stability = {r["target"]: r.get("top_source_stability", "") for r in _read_csv(run.ahp_summary)[1]}
     rows = []
-    for target, best in top_sources(run_dir):
+    for target, best in top_sources(run.path):
         cells = [_e(target)]
         for r in best + [None] * (_TOP - len(best)):
             interval = f" [{_fmt(r['low'])}, {_fmt(r['high'])}]" if r and r.get("low") else ""
@@ -300,7 +284,7 @@ def _versions() -> list[list[str]]:
 
 
 def _device(config: Config) -> str:
-    from taskonomy.extract.stage1 import resolve_device
+    from taskonomy.torchutil import resolve_device
     from taskonomy.runtime import describe_device
 
     device = config.train.device
@@ -311,70 +295,70 @@ def _device(config: Config) -> str:
         return f"{device} ({type(err).__name__})"
 
 
-def _timings(run_dir: Path, timings: dict[str, float] | None) -> str:
+def _timings(run: RunFolder, timings: dict[str, float] | None) -> str:
     if timings is None:
         try:
-            timings = json.loads((run_dir / "run_timings.json").read_text())["seconds"]
+            timings = json.loads(run.run_timings.read_text())["seconds"]
         except (OSError, ValueError, KeyError, TypeError):
-            return _na("Time per stage", "run_timings.json is written by `taskonomy run`; the stages were run one "
-                                         "by one")
+            return _na("Time per stage", f"{run.run_timings.name} is written by `taskonomy run`; the stages were "
+                                         f"run one by one")
     rows = [[stage, f"{float(s):.1f}"] for stage, s in timings.items()]
     return _table(["stage", "seconds"], rows + [["total", f"{sum(float(s) for s in timings.values()):.1f}"]])
 
 
-def _metadata_section(run_dir: Path, config: Config, timings: dict[str, float] | None) -> str:
-    path = run_dir / "config.yaml"
-    resolved = f"<pre>{_e(path.read_text())}</pre>" if path.is_file() else _na("config.yaml", "not in the run folder")
+def _metadata_section(run: RunFolder, config: Config, timings: dict[str, float] | None) -> str:
+    path = run.config
+    resolved = f"<pre>{_e(path.read_text())}</pre>" if path.is_file() else _na(path.name, "not in the run folder")
     when = datetime.now().astimezone().isoformat(timespec="seconds")
     machine = [["device (this machine)", _device(config)], ["platform", platform.platform()],
                ["report written", when]]
     return (f"<h3>Machine</h3>{_pairs(machine)}<h3>Package versions</h3>"
-            f"{_pairs(_versions())}<h3>Time per stage</h3>{_timings(run_dir, timings)}"
-            f"<h3>Resolved config (config.yaml)</h3>{resolved}")
+            f"{_pairs(_versions())}<h3>Time per stage</h3>{_timings(run, timings)}"
+            f"<h3>Resolved config ({_e(path.name)})</h3>{resolved}")
 
 
-def _page(run_dir: Path, config: Config, sections: list[tuple[str, str, str]]) -> str:
+def _page(run: RunFolder, config: Config, sections: list[tuple[str, str, str]]) -> str:
     nav = "".join(f'<a href="#{key}">{_e(title)}</a>' for key, title, _ in sections)
     body = "".join(f'<section id="{key}"><h2>{_e(title)}</h2>{content}</section>' for key, title, content in sections)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>Taskonomy report: {_e(config.name)}</title><style>{_CSS}</style></head>\n<body><main>"
-            f"<h1>Taskonomy report: {_e(config.name)}</h1><p>Run folder <code>{_e(run_dir.resolve())}</code></p>"
-            f"<nav>{nav}</nav>{_intro(run_dir, config)}<p class=\"hint\">Pictures are scaled to the page; click one "
+            f"<h1>Taskonomy report: {_e(config.name)}</h1><p>Run folder <code>{_e(run.path.resolve())}</code></p>"
+            f"<nav>{nav}</nav>{_intro(run, config)}<p class=\"hint\">Pictures are scaled to the page; click one "
             f"to open it at full size.</p>{body}</main></body></html>\n")
 
 
-def _sections(run_dir: Path, config: Config, out: Path, timings: dict[str, float] | None) -> list[tuple[str, ...]]:
+def _sections(run: RunFolder, config: Config, out: Path, timings: dict[str, float] | None) -> list[tuple[str, ...]]:
     """(anchor, title, HTML) of every section, in reading order; pictures land in `out`."""
-    quality = partial(_csv_table, run_dir / "stage1_quality.csv", "stage1_quality.csv", "run `taskonomy train`")
+    quality = partial(_csv_table, run.stage1_quality, run.stage1_quality.name, "run `taskonomy train`")
     return [
-        ("data", "Data", _data_section(run_dir, out)),
-        ("stage1", "Stage I: network quality", _guarded("stage1_quality.csv", quality)),
-        ("affinity", "Stage III: affinities", _affinity_section(run_dir, out)),
-        ("top", f"Top {_TOP} sources per target", _guarded("affinity_ci.csv", _top_section, run_dir)),
-        ("taxonomy", "Stage IV: taxonomies", _taxonomy_section(run_dir, config, out)),
-        ("evaluation", "Gain and quality", _guarded("supervision_saved.csv", _evaluation_section, run_dir, out)),
-        ("metadata", "Run metadata", _metadata_section(run_dir, config, timings)),
+        ("data", "Data", _data_section(run, out)),
+        ("stage1", "Stage I: network quality", _guarded(run.stage1_quality.name, quality)),
+        ("affinity", "Stage III: affinities", _affinity_section(run, out)),
+        ("top", f"Top {_TOP} sources per target", _guarded(run.affinity_ci.name, _top_section, run)),
+        ("taxonomy", "Stage IV: taxonomies", _taxonomy_section(run, out)),
+        ("evaluation", "Gain and quality", _guarded(run.supervision_saved_csv.name, _evaluation_section, run, out)),
+        ("metadata", "Run metadata", _metadata_section(run, config, timings)),
     ]
 
 
 def build_report(run_dir: str | Path, config: Config | None = None,
                  timings: dict[str, float] | None = None) -> Path:
     """Write <run_dir>/report/index.html and its pictures; `timings` (stage -> seconds) beat run_timings.json."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "affinity.csv").is_file():
-        raise TaskonomyError(f"run folder {run_dir} has no affinity.csv: run `taskonomy ahp` first")
-    config = _run_config(run_dir, config)
-    final = run_dir / REPORT_DIR
+    run = RunFolder(run_dir)
+    if not run.affinity.is_file():
+        raise TaskonomyError(f"run folder {run.path} has no {run.affinity.name}: run `taskonomy ahp` first")
+    config = _run_config(run, config)
+    final = run.report
     try:
-        for stale in run_dir.glob(f".{REPORT_DIR}.*"):  # left by a killed report
+        for stale in run.path.glob(f".{final.name}.*"):  # left by a killed report
             shutil.rmtree(stale, ignore_errors=True)
-        out = Path(tempfile.mkdtemp(prefix=f".{REPORT_DIR}.", dir=run_dir))
+        out = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=run.path))
     except OSError as err:
         raise TaskonomyError(f"cannot write {final}: {err.strerror or err}") from None
     try:
-        sections = _sections(run_dir, config, out, timings)
-        (out / "index.html").write_text(_page(run_dir, config, sections), encoding="utf-8")
+        sections = _sections(run, config, out, timings)
+        (out / "index.html").write_text(_page(run, config, sections), encoding="utf-8")
         out.chmod(0o755)  # mkdtemp makes it private; a report is for sharing
         _swap(out, final)
     except OSError as err:

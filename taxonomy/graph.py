@@ -1,11 +1,12 @@
-"""Pictures of stage IV (matplotlib, Agg): the taxonomy graph (paper Figures 1 and 8) and evaluation curves (Figure 9).
+"""Pictures of stage IV (matplotlib): the taxonomy graph (paper Figures 1 and 8) and evaluation curves (Figure 9).
 
     taskonomy --config configs/tiny.yaml solve      # -> taxonomy_graph.png
     taskonomy --config configs/tiny.yaml evaluate   # -> evaluation_curves.png, evaluation_taxonomies.png
 
-Functions return figures; the stage saves them. Supervised sources sit on the top row, targets reached by a
-transfer below; a higher-order transfer is a small junction where its sources' lines meet before one arrow
-goes on to the target.
+Functions return figures (`matplotlib.figure.Figure`, built without pyplot, so importing this module leaves
+the backend and a notebook's inline plots alone); the stage saves them. Supervised sources sit on the top row,
+targets reached by a transfer below; a higher-order transfer is a small junction where its sources' lines meet
+before one arrow goes on to the target.
 """
 
 from __future__ import annotations
@@ -15,17 +16,15 @@ import zlib
 from collections.abc import Mapping, Sequence
 
 import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import FancyArrowPatch, Patch
 
-matplotlib.use("Agg")  # files only; never a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import FancyArrowPatch, Patch  # noqa: E402
-
-from taskonomy.taxonomy.bip import Transfer  # noqa: E402
-from taskonomy.taxonomy.evaluate import SweepPoint  # noqa: E402
+from taskonomy.taxonomy.bip import Transfer
+from taskonomy.taxonomy.evaluate import SweepPoint
 
 __all__ = ["draw_taxonomy", "evaluation_figure", "taxonomy_figure", "taxonomy_grid_figure"]
 
@@ -80,7 +79,7 @@ def draw_taxonomy(ax: Axes, supervised: Sequence[str], policy: Mapping[str, Tran
     quality (0 red .. 0.5 and above green) when scores are given."""
     top, bottom, width = _layout(list(supervised), policy)
     full = {t for t, tr in policy.items() if tr.name == "full"}
-    cmap = plt.get_cmap("RdYlGn")
+    cmap = matplotlib.colormaps["RdYlGn"]
     source_y = _SOURCE_Y - 0.06  # lines leave from the bottom edge of the box
     for t, xt in bottom.items():
         tr = policy[t]
@@ -108,7 +107,7 @@ def draw_taxonomy(ax: Axes, supervised: Sequence[str], policy: Mapping[str, Tran
                     rotation_mode="anchor", fontsize=fontsize, zorder=4)
     for t, x in bottom.items():
         quality = scores.get(t, (math.nan, math.nan))[1] if scores else math.nan
-        colour = _TARGET if math.isnan(quality) else matplotlib.colors.to_hex(cmap(min(quality / 0.5, 1.0)))
+        colour = _TARGET if math.isnan(quality) else to_hex(cmap(min(quality / 0.5, 1.0)))
         ax.plot(x, _TARGET_Y, "o", ms=fontsize, mfc=colour, mec="#333333", mew=0.6, zorder=4)
         ax.text(x, _TARGET_Y - 0.09, t, ha="right", va="top", rotation=_slant(ax, len(bottom), fontsize),
                 rotation_mode="anchor", fontsize=fontsize, zorder=4)
@@ -121,7 +120,8 @@ def taxonomy_figure(supervised: Sequence[str], policy: Mapping[str, Transfer], t
                     scores: Mapping[str, tuple[float, float]] | None = None) -> Figure:
     """The taxonomy of one solve, with a legend of node kinds and transfer orders."""
     _, bottom, width = _layout(list(supervised), policy)
-    fig, ax = plt.subplots(figsize=(max(7.5, 0.62 * width + 1), 4.3))
+    fig = Figure(figsize=(max(7.5, 0.62 * width + 1), 4.3))
+    ax = fig.subplots()
     draw_taxonomy(ax, supervised, policy, scores=scores)
     orders = sorted({tr.order for tr in policy.values() if tr.name != "full"})
     handles = [Patch(fc=_FULL, ec="#333333", label="supervised, solved fully"),
@@ -138,8 +138,8 @@ def taxonomy_figure(supervised: Sequence[str], policy: Mapping[str, Transfer], t
 def taxonomy_grid_figure(points: Sequence[SweepPoint], budgets: Sequence[float], orders: Sequence[int]) -> Figure:
     """Figure 8 of the paper: taxonomies for a few budgets (columns) and max orders (rows)."""
     by_key = {(p.budget, p.max_order): p for p in points}
-    fig, axes = plt.subplots(len(orders), len(budgets), figsize=(5.0 * len(budgets), 2.8 * len(orders)),
-                             squeeze=False)
+    fig = Figure(figsize=(5.0 * len(budgets), 2.8 * len(orders)))
+    axes = fig.subplots(len(orders), len(budgets), squeeze=False)
     for r, order in enumerate(orders):
         for c, budget in enumerate(budgets):
             ax, point = axes[r][c], by_key.get((budget, order))
@@ -162,8 +162,8 @@ def evaluation_figure(points: Sequence[SweepPoint], targets: Sequence[str]) -> F
     budgets = sorted({p.budget for p in points})
     shown = sorted({orders[0], orders[-1]})
     height = max(2.0, 0.2 * len(targets) + 0.8)
-    fig, axes = plt.subplots(1 + len(shown), 2, figsize=(12, 3.8 + height * len(shown)), squeeze=False,
-                             gridspec_kw={"height_ratios": [3.6] + [height] * len(shown)})
+    fig = Figure(figsize=(12, 3.8 + height * len(shown)))
+    axes = fig.subplots(1 + len(shown), 2, squeeze=False, height_ratios=[3.6] + [height] * len(shown))
     for ax, metric in zip(axes[0], ("gain", "quality")):
         for order in orders:
             line = [(p.budget, p.mean_gain if metric == "gain" else p.mean_quality)

@@ -1,7 +1,8 @@
 """Stage IV as the CLI runs it: reads affinity.csv and transfers.zarr, writes the taxonomy and its evaluation.
 
     taskonomy --config configs/tiny.yaml solve --budget 3 --max-order 2     # taxonomy.json, taxonomy_graph.png
-    taskonomy --config configs/tiny.yaml evaluate                           # evaluation.csv, curves, saved labels
+    taskonomy --config configs/tiny.yaml evaluate                           # evaluation.csv, curves, saved labels,
+                                                                            # taxonomy_budget_<b>.png for the report
     taskonomy --config configs/tiny.yaml all-for-one NEW --supervised a,b   # all_for_one_NEW.json / .png
 
 The only module of taxonomy/ that touches files; every output is written to a temporary name and renamed.
@@ -27,12 +28,13 @@ from pydantic import ValidationError
 from taskonomy import TaskonomyError, TaskonomyWarning
 from taskonomy import tasks as registry
 from taskonomy.config import Config, TaxonomyConfig, _one_line
+from taskonomy.runfolder import RunFolder, save_figure, write_json
 from taskonomy.taxonomy.bip import Problem, Solution, Transfer, all_for_one, explain_infeasible, solve
 from taskonomy.taxonomy.evaluate import (QUALITY_LEVELS, SweepPoint, TargetLosses, policy_scores,
                                          supervision_saved, sweep)
 
-__all__ = ["Affinity", "make_problem", "read_affinity", "read_losses", "run_all_for_one", "run_evaluate",
-           "run_solve", "with_overrides"]
+__all__ = ["Affinity", "make_problem", "read_affinity", "read_losses", "report_budgets", "run_all_for_one",
+           "run_evaluate", "run_solve", "with_overrides"]
 
 AFFINITY_FILE = "affinity.csv"
 TRANSFERS_STORE = "transfers.zarr"
@@ -260,15 +262,6 @@ def _cell(value: Any) -> Any:
     return "" if value is None else value
 
 
-def _save_figure(path: Path, figure: Any) -> Path:
-    import matplotlib.pyplot as plt
-
-    try:
-        return _write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=130))
-    finally:
-        plt.close(figure)
-
-
 def _policy_doc(problem: Problem, policy: dict[str, Transfer]) -> dict[str, Any]:
     return {t: {"transfer": tr.name, "sources": list(tr.sources), "order": tr.order, "affinity": tr.affinity,
                 "importance": problem.importance_of(t)} for t, tr in policy.items()}
@@ -290,13 +283,14 @@ def run_solve(config: Config, run_dir: Path) -> tuple[Solution, list[Path]]:
              f"objective {solution.objective:.3f} ({solution.status})")
     figure = taxonomy_figure(solution.supervised, solution.policy, title)
     return solution, [_write_json(run_dir / "taxonomy.json", doc),
-                      _save_figure(run_dir / "taxonomy_graph.png", figure)]
+                      save_figure(RunFolder(run_dir).taxonomy_graph, figure)]
 
 
 def run_evaluate(config: Config, run_dir: Path, *, max_order: int | None = None,
                  levels: Sequence[float] = QUALITY_LEVELS,
                  progress: Callable[[SweepPoint], None] | None = None) -> tuple[list[SweepPoint], list[Path]]:
-    """Sweep budgets 1..number of sources and max orders 1..K; write the table, curves and supervision saved."""
+    """Sweep budgets 1..number of sources and max orders 1..K; write the table, curves, supervision saved and
+    the taxonomies at report_budgets() for the report (budget_taxonomies.json lists them)."""
     from taskonomy.taxonomy.graph import evaluation_figure, taxonomy_grid_figure
 
     cfg = config.taxonomy
@@ -323,16 +317,46 @@ def run_evaluate(config: Config, run_dir: Path, *, max_order: int | None = None,
                 "mean_gain": _json_float(p.mean_gain), "mean_quality": _json_float(p.mean_quality)} for p in points]
     feasible = [b for b in budgets if any(p.policy for p in points if p.budget == b)]
     shown = sorted({feasible[round(i * (len(feasible) - 1) / 3)] for i in range(4)}) if feasible else []
+    run = RunFolder(run_dir)
     return points, [
-        _write_csv(run_dir / "evaluation.csv", ["budget", "max_order", "target", "transfer", "gain", "quality"], rows),
-        _write_csv(run_dir / "supervision_saved.csv", list(saved[0]), [list(r.values()) for r in saved]),
-        _write_json(run_dir / "supervision_saved.json", {
+        _write_csv(run.evaluation, ["budget", "max_order", "target", "transfer", "gain", "quality"], rows),
+        _write_csv(run.supervision_saved_csv, list(saved[0]), [list(r.values()) for r in saved]),
+        _write_json(run.supervision_saved_json, {
             "all_targets": len(probe.targets), "evaluated_targets": evaluated,
             "note": "quality is the win rate against full supervision; labelling every target scores 0.5",
             "levels": saved, "points": summary}),
-        _save_figure(run_dir / "evaluation_curves.png", evaluation_figure(points, evaluated)),
-        _save_figure(run_dir / "evaluation_taxonomies.png", taxonomy_grid_figure(points, shown, orders[-4:])),
+        save_figure(run.evaluation_curves, evaluation_figure(points, evaluated)),
+        save_figure(run.evaluation_taxonomies, taxonomy_grid_figure(points, shown, orders[-4:])),
+        *_draw_budget_taxonomies(run, points, report_budgets(len(probe.sources)), top),
     ]
+
+
+def report_budgets(n_sources: int) -> list[int]:
+    """Budgets at which `evaluate` draws the taxonomy for the report: 1, 3 and 5 where there are that many
+    sources."""
+    return [b for b in (1, 3, 5) if b <= n_sources]
+
+
+def _draw_budget_taxonomies(run: RunFolder, points: Sequence[SweepPoint], budgets: Sequence[int],
+                            order: int) -> list[Path]:
+    """The swept taxonomy of max order `order` at each of `budgets` as a PNG, targets coloured by quality, and
+    budget_taxonomies.json listing them (file null where the BIP has no policy at that budget)."""
+    from taskonomy.taxonomy.graph import taxonomy_figure
+
+    by_budget = {p.budget: p for p in points if p.max_order == order}
+    paths, entries = [], []
+    for budget in budgets:
+        point = by_budget[float(budget)]
+        entry = {"budget": budget, "max_order": order, "status": point.status, "objective": point.objective,
+                 "supervised": list(point.supervised), "scored": bool(point.scores), "file": None}
+        if point.policy:
+            title = (f"Budget {budget}, max order {order}: supervise {', '.join(point.supervised)}; "
+                     f"objective {point.objective:.3f} ({point.status})")
+            figure = taxonomy_figure(point.supervised, point.policy, title, point.scores or None)
+            paths.append(save_figure(run.budget_taxonomy(budget), figure))
+            entry["file"] = paths[-1].name
+        entries.append(entry)
+    return [*paths, write_json(run.budget_taxonomies, {"max_order": order, "taxonomies": entries})]
 
 
 def _json_float(value: float) -> float | None:
@@ -371,7 +395,7 @@ def run_all_for_one(config: Config, run_dir: Path, target: str, supervised: Sequ
     used = [s for s in supervised if s in best.sources]
     figure = taxonomy_figure(used, {target: best}, title, policy_scores({target: best.name}, losses))
     return rows, [_write_json(run_dir / f"all_for_one_{target}.json", doc),
-                  _save_figure(run_dir / f"all_for_one_{target}.png", figure)]
+                  save_figure(RunFolder(run_dir).all_for_one(target, "png"), figure)]
 
 
 def _supervised_from_taxonomy(run_dir: Path) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.metadata
+import json
 import re
 import shutil
 import subprocess
@@ -17,7 +18,8 @@ from PIL import Image
 from _taxonomy_run import write_run
 from conftest import ROOT
 from taskonomy.cli import main
-from taskonomy.report import REPORT_DIR, report_budgets
+from taskonomy.report import REPORT_DIR
+from taskonomy.runfolder import RunFolder
 
 TARGETS = ["normal", "class_scene", "egomotion"]
 REAL_IMAGES = {"contact_sheet.png", "affinity_heatmap.png", "taxonomy_graph.png", "taxonomy_budget_1.png",
@@ -107,7 +109,12 @@ def test_report_of_a_real_run_holds_every_table_and_picture(reported):
     assert set(page.images) == REAL_IMAGES and len(page.images) == len(REAL_IMAGES)
     for src in page.images:
         assert "/" not in src and _is_png(run_dir / REPORT_DIR / src), src
-    assert not (run_dir / "taxonomy_budget_1.png").exists()  # the run's own outputs are left alone
+    # the taxonomies at budgets 1 and 5 are the ones `evaluate` drew; budget 3 at max order 2 is the run's own
+    run = RunFolder(run_dir)
+    assert [e["budget"] for e in json.loads(run.budget_taxonomies.read_text())["taxonomies"]] == [1, 3, 5]
+    for budget in (1, 5):
+        assert (run_dir / REPORT_DIR / f"taxonomy_budget_{budget}.png").read_bytes() == \
+            run.budget_taxonomy(budget).read_bytes()
     assert not any(re.match(r"(https?:)?//", link) for link in page.links)  # nothing from the network
     # stage I: one row per trained network, as in stage1_quality.csv
     with (run_dir / "stage1_quality.csv").open() as handle:
@@ -188,21 +195,59 @@ def test_missing_inputs_are_not_available_lines(tmp_path):
     page = Page(run_dir / REPORT_DIR / "index.html")
     text = page.section_text()
     for what in ("Contact sheet", "stage1_quality.csv", "Affinity heatmap", "Top sources with intervals",
-                 "evaluation_curves.png", "supervision_saved.csv", "Time per stage", "config.yaml"):
+                 "The run's taxonomy (taxonomy.json and taxonomy_graph.png)",
+                 "Taxonomies by budget (budget_taxonomies.json)", "evaluation_curves.png", "supervision_saved.csv",
+                 "Time per stage", "config.yaml"):
         assert f"{what}: not available" in text, what
-    budgets = report_budgets(14)  # the 14 tiny tasks may be supervised; the controls may not
-    assert budgets == [1, 3, 5] and page.images == [f"taxonomy_budget_{b}.png" for b in budgets]
+    assert "Taxonomies by budget (budget_taxonomies.json): not available (run `taskonomy evaluate`)" in text
+    assert page.images == []  # the report draws nothing a stage did not
+
+
+def test_the_taxonomies_evaluate_drew_are_shown_with_captions_from_their_listing(tmp_path):
+    run_dir = tmp_path / "synthetic"
+    write_run(run_dir, tasks=["autoencoding", "depth_zbuffer", "normal", "reshading", "class_scene"], max_order=2)
+    assert main(["-q", "--run-dir", str(run_dir), "evaluate", "--max-order", "2"]) == 0
+    assert main(["-q", "--run-dir", str(run_dir), "report"]) == 0
+    run = RunFolder(run_dir)
+    listing = json.loads(run.budget_taxonomies.read_text())
+    page = Page(run_dir / REPORT_DIR / "index.html")
+    names = [run.budget_taxonomy(b).name for b in (1, 3, 5)]
+    assert page.images == [*names, "evaluation_curves.png", "evaluation_taxonomies.png"]
+    text = page.section_text()
+    first = listing["taxonomies"][0]
+    assert (f"Taxonomy at budget 1, max order 2: supervise {', '.join(first['supervised'])}; objective "
+            f"{first['objective']:.3f} (optimal); targets coloured by quality.") in text
+    # a budget without a policy is a line, and so is a listing that cannot be read
+    listing["taxonomies"][1].update(file=None, status="infeasible", objective=None, supervised=[])
+    run.budget_taxonomies.write_text(json.dumps(listing))
+    assert main(["-q", "--run-dir", str(run_dir), "report"]) == 0
+    page = Page(run_dir / REPORT_DIR / "index.html")
+    assert names[1] not in page.images
+    assert "Taxonomy at budget 3: not available (the BIP is infeasible at this budget)" in page.section_text()
+    run.budget_taxonomies.write_text("{not json")
+    assert main(["-q", "--run-dir", str(run_dir), "report"]) == 0
+    page = Page(run_dir / REPORT_DIR / "index.html")
+    assert not set(names) & set(page.images)
+    assert "Taxonomies by budget (budget_taxonomies.json): not available (cannot read it: JSONDecodeError" in \
+        page.section_text()
 
 
 def test_a_run_without_affinities_is_a_one_line_error(tmp_path, capsys):
-    missing = tmp_path / "never_made"
+    missing = tmp_path / "never_made"  # the command line refuses a folder that is not there before the report
     assert main(["-q", "--run-dir", str(missing), "report"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"taskonomy: error: run folder {missing} has no affinity.csv: run `taskonomy ahp` first"
+    assert len(err.splitlines()) == 1 and err.startswith(f"taskonomy: error: run folder {missing} does not exist")
     assert not missing.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["-q", "--run-dir", str(empty), "report"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"taskonomy: error: run folder {empty} has no affinity.csv: run `taskonomy ahp` first"
+    assert not (empty / REPORT_DIR).exists()
 
 
-# Chromium: the page as a reader opens it from disk. CI has no browser, so this test skips there.
+# Chromium: the page as a reader opens it from disk. .ci/run installs Chromium where it can; on a machine
+# without one of the binaries below this test skips.
 _CHECK = """<script>
 var errors = 0;
 window.addEventListener("error", function () { errors++; }, true);  // capture: image load errors too

@@ -13,8 +13,9 @@ from _taxonomy_run import NOVEL, TINY_TASKS, write_run
 from taskonomy import TaskonomyWarning
 from taskonomy.cli import main
 from taskonomy.config import load_config
+from taskonomy.runfolder import RunFolder
 from taskonomy.taxonomy.evaluate import win_rate
-from taskonomy.taxonomy.stage import read_affinity
+from taskonomy.taxonomy.stage import read_affinity, report_budgets
 
 SMALL = ["autoencoding", "jigsaw", "depth_zbuffer", "normal", "reshading", "class_scene"]
 
@@ -97,6 +98,19 @@ def test_evaluate_sweeps_budgets_and_orders(small_run):
     saved = json.loads((small_run / "supervision_saved.json").read_text())
     assert saved["all_targets"] == len(targets) and [lv["quality"] for lv in saved["levels"]] == [0.3, 0.5] * 2
     assert len(saved["points"]) == 2 * len(sources)
+    # the report's taxonomies: max order 2 at budgets 1, 3 and 5 (6 sources), each the sweep's policy there
+    run = RunFolder(small_run)
+    drawn = json.loads(run.budget_taxonomies.read_text())
+    assert drawn["max_order"] == 2 and [e["budget"] for e in drawn["taxonomies"]] == report_budgets(6) == [1, 3, 5]
+    points = {(p["budget"], p["max_order"]): p for p in saved["points"]}
+    for entry in drawn["taxonomies"]:
+        point = points[(entry["budget"], 2)]
+        assert entry["file"] == run.budget_taxonomy(entry["budget"]).name and entry["scored"]
+        assert (entry["status"], entry["supervised"]) == (point["status"], point["supervised"])
+        assert entry["objective"] == pytest.approx(point["objective"]) and entry["max_order"] == 2
+        assert run.budget_taxonomy(entry["budget"]).read_bytes()[:4] == b"\x89PNG"
+    assert report_budgets(2) == [1] and report_budgets(0) == []
+
 
 
 def test_gain_and_quality_are_win_rates_on_the_test_losses():
