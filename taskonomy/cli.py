@@ -11,6 +11,7 @@ is refused (`Context.open`). The folder's format version is checked before anyth
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import yaml
 from taskonomy import TaskonomyError
 from taskonomy.config import STAGES as BUILT, Config, changed_keys, flat_keys, load_config, stage_of
 from taskonomy.runfolder import FILES, FORMAT_VERSION, check_format, format_version, write_format, write_text
+from taskonomy.runfolder import RunFolder
 
 __all__ = ["main"]
 
@@ -271,7 +273,7 @@ def data(ctx: Context, force: bool, preview: str | None, rows: int, export_dir: 
          import_dir: str | None) -> None:
     """Generate the scenes and every task's labels into <run-dir>/data.zarr."""
     run_dir = ctx.prepare_run_dir()
-    path = run_dir / "data.zarr"
+    path = RunFolder(run_dir).data
     start = time.perf_counter()
     if import_dir:
         from taskonomy.scenes.taskonomy_format import read_taskonomy
@@ -324,7 +326,7 @@ def extract(ctx: Context, force: bool) -> None:
     run_dir = ctx.prepare_run_dir()
     start = time.perf_counter()
     outcome = extract_all(ctx.config, run_dir, force=force, progress=ctx.progress)
-    _report(ctx, "extract", outcome, run_dir / "features.zarr", start)
+    _report(ctx, "extract", outcome, RunFolder(run_dir).features, start)
 
 
 @cli.command()
@@ -336,13 +338,17 @@ def transfer(ctx: Context, force: bool, scheduler: str | None) -> None:
     """Stage II: readouts from cached features to every target -> transfers.zarr (per-image test losses)."""
     from taskonomy.transfer.stage import run_transfer
 
-    config = ctx.config
-    if scheduler:
-        config = config.model_copy(update={"transfer": config.transfer.model_copy(update={"scheduler": scheduler})})
+    config = _with_scheduler(ctx.config, scheduler)
     run_dir = ctx.prepare_run_dir()
     start = time.perf_counter()
     outcome = run_transfer(config, run_dir, force=force, progress=ctx.progress)
-    _report(ctx, "transfer", outcome, run_dir / "transfers.zarr", start)
+    _report(ctx, "transfer", {t: outcome.describe(t) for t in outcome.trained}, RunFolder(run_dir).transfers, start)
+
+
+def _with_scheduler(config: Config, scheduler: str | None) -> Config:
+    if not scheduler:
+        return config
+    return config.model_copy(update={"transfer": config.transfer.model_copy(update={"scheduler": scheduler})})
 
 
 @cli.command("add-target")
@@ -351,16 +357,41 @@ def transfer(ctx: Context, force: bool, scheduler: str | None) -> None:
               help="A .npy file or Zarr array: one label per data.zarr image, in image order.")
 @click.option("--loss", required=True, help="A registered per-image loss: l1, l2, ce, ce_dense, soft_ce, bce.")
 @click.option("--force", is_flag=True, help="Replace a target added earlier under the same name.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Train its readouts on an existing dask.distributed cluster (overrides transfer.scheduler).")
 @click.pass_obj
-def add_target_command(ctx: Context, name: str, labels_path: str, loss: str, force: bool) -> None:
-    """A new target from the feature cache alone: its readouts train, no encoder runs."""
+def add_target_command(ctx: Context, name: str, labels_path: str, loss: str, force: bool,
+                       scheduler: str | None) -> None:
+    """A new target from the cached features: its network, scratch and readouts train; no encoder runs."""
     from taskonomy.transfer.add_target import add_target, read_labels
+
+    labels = read_labels(labels_path)
+    run_dir = ctx.prepare_run_dir()
+    start = time.perf_counter()
+    outcome = add_target(_with_scheduler(ctx.config, scheduler), run_dir, name, loss, labels=labels,
+                         origin=labels_path, force=force, progress=ctx.progress)
+    _say(ctx, f"add-target: {name} {outcome.describe(name)} ({time.perf_counter() - start:.1f} s)")
+
+
+@cli.command("add-source")
+@click.argument("name")
+@click.option("--encoder", required=True, type=click.Path(dir_okay=False),
+              help="A local visualpriors encoder checkpoint ({task}_encoder-{sha256}.pth), as extract.taskonomy_encoders.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Train its readouts on an existing dask.distributed cluster (overrides transfer.scheduler).")
+@click.pass_obj
+def add_source_command(ctx: Context, name: str, encoder: str, scheduler: str | None) -> None:
+    """A new frozen encoder joins a finished run: only its features are extracted, only its transfers train."""
+    from taskonomy.transfer.add_source import add_source
 
     run_dir = ctx.prepare_run_dir()
     start = time.perf_counter()
-    state = add_target(ctx.config, run_dir, name, loss, labels=read_labels(labels_path), origin=labels_path,
-                       force=force, progress=ctx.progress)
-    _say(ctx, f"add-target: {name} {state} ({time.perf_counter() - start:.1f} s)")
+    config, extracted, outcome = add_source(_with_scheduler(ctx.config, scheduler), run_dir, name, encoder,
+                                            progress=ctx.progress)
+    ctx.config = config.model_copy(update={"transfer": ctx.config.transfer})  # the source joins the run's config
+    _report(ctx, "add-source", {s: f"features {state}" for s, state in extracted.items()},
+            RunFolder(run_dir).features, start)
+    _report(ctx, "add-source", {t: outcome.describe(t) for t in outcome.trained}, RunFolder(run_dir).transfers, start)
 
 
 @cli.command()
@@ -374,13 +405,13 @@ def ahp(ctx: Context, force: bool) -> None:
     start = time.perf_counter()
     outcome = run_ahp(ctx.config, run_dir, force=force)
     _say(ctx, f"{'target':<18} {'top source':<18} {'affinity':>8} {'on top':>7} {'CR':>7} {'iters':>6}")
-    for row in outcome["summary"]:
-        stays = f"{float(row['top_source_stability']):.0%}" if row["top_source_stability"] else "-"
-        converged = "" if row["converged"] == "True" else "  DID NOT CONVERGE"
-        affinity = f"{float(row['top_source_affinity']):.3f}" if row["top_source_affinity"] else "-"
-        _say(ctx, f"{row['target']:<18} {row['top_source'] or '-':<18} {affinity:>8} {stays:>7} "
-                  f"{float(row['consistency_ratio']):>7.3f} {row['iterations']:>6}{converged}")
-    _say(ctx, f"ahp: {run_dir / 'affinity.csv'} {outcome['state']} ({time.perf_counter() - start:.1f} s)")
+    for row in outcome.summary:
+        stays = "-" if math.isnan(row.top_source_stability) else f"{row.top_source_stability:.0%}"
+        affinity = "-" if math.isnan(row.top_source_affinity) else f"{row.top_source_affinity:.3f}"
+        converged = "" if row.converged else "  DID NOT CONVERGE"
+        _say(ctx, f"{row.target:<18} {row.top_source or '-':<18} {affinity:>8} {stays:>7} "
+                  f"{row.consistency_ratio:>7.3f} {row.iterations:>6}{converged}")
+    _say(ctx, f"ahp: {RunFolder(run_dir).affinity} {outcome.state} ({time.perf_counter() - start:.1f} s)")
 
 
 def _names(value: str | None) -> list[str] | None:

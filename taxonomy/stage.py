@@ -12,53 +12,32 @@ taxonomy.sources to let it be chosen (it costs 0 labels unless taxonomy.cost say
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import os
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydantic import ValidationError
 
-from taskonomy import TaskonomyError, TaskonomyWarning
+from taskonomy import TaskonomyError
+from taskonomy import artifacts
 from taskonomy import tasks as registry
+from taskonomy.artifacts import TargetLosses
 from taskonomy.config import Config, TaxonomyConfig, _one_line
-from taskonomy.runfolder import RunFolder, save_figure, write_json
+from taskonomy.runfolder import RunFolder, save_figure, write_csv, write_json
 from taskonomy.taxonomy.bip import Problem, Solution, Transfer, all_for_one, explain_infeasible, solve
-from taskonomy.taxonomy.evaluate import (QUALITY_LEVELS, SweepPoint, TargetLosses, policy_scores,
-                                         supervision_saved, sweep)
+from taskonomy.taxonomy.evaluate import QUALITY_LEVELS, SweepPoint, policy_scores, supervision_saved, sweep
 
 __all__ = ["Affinity", "make_problem", "read_affinity", "read_losses", "report_budgets", "run_all_for_one",
-           "run_evaluate", "run_solve", "with_overrides"]
+           "run_evaluate", "run_solve", "solve_policy", "sweep_policies", "with_overrides"]
 
-AFFINITY_FILE = "affinity.csv"
-TRANSFERS_STORE = "transfers.zarr"
 _BASELINES = ("full", "scratch")
-_ROW_SUM_TOLERANCE = 1e-3  # AHP rows sum to 1; the CSV's rounding may leave a little
 
 
 def _controls() -> set[str]:
     return {t.name for t in registry.all_tasks() if t.group == "control"}
-
-
-def _canonical(name: str, where: str) -> str:
-    """A transfer's canonical name: "full", "scratch", or valid task names sorted and joined by "+"."""
-    name = name.strip()
-    if name in _BASELINES:
-        return name
-    parts = name.split("+")
-    try:
-        [registry.validate_name(p) for p in parts]
-    except TaskonomyError as err:
-        raise TaskonomyError(f"{where}: transfer {name!r}: {err}") from None
-    if len(set(parts)) != len(parts):
-        raise TaskonomyError(f"{where}: transfer {name!r} names a source twice")
-    return "+".join(sorted(parts))
 
 
 @dataclass(frozen=True)
@@ -77,44 +56,19 @@ def _registry_order(names: set[str]) -> list[str]:
 
 
 def read_affinity(run_dir: Path) -> Affinity:
-    """Parse and check <run_dir>/affinity.csv (target, then one column per transfer; empty = not tried)."""
-    path = run_dir / AFFINITY_FILE
-    try:
-        with path.open(newline="") as handle:
-            rows = list(csv.reader(handle))
-    except FileNotFoundError:
-        raise TaskonomyError(f"{path} does not exist; compute the affinities (stage III) first") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise TaskonomyError(f"cannot read {path}: {err}") from None
-    if not rows or not rows[0] or rows[0][0].strip() != "target":
-        raise TaskonomyError(f"{path}: expected a header whose first column is 'target'")
-    columns = [_canonical(c, str(path)) for c in rows[0][1:]]
-    if len(set(columns)) != len(columns):
-        raise TaskonomyError(f"{path}: a transfer column appears twice")
-    targets: list[str] = []
-    transfers: list[Transfer] = []
-    for line, row in enumerate(rows[1:], start=2):
-        if not any(cell.strip() for cell in row):
-            continue
-        where = f"{path} line {line}"
-        if len(row) != len(rows[0]):
-            raise TaskonomyError(f"{where}: expected {len(rows[0])} cells, got {len(row)}")
-        target = row[0].strip()
-        try:
-            registry.validate_name(target)
-        except TaskonomyError as err:
-            raise TaskonomyError(f"{where}: {err}") from None
-        if target in targets:
-            raise TaskonomyError(f"{where}: target {target} has a second row")
-        targets.append(target)
-        transfers += _parse_row(target, columns, row[1:], where)
-    if not targets:
-        raise TaskonomyError(f"{path}: no target rows")
-    sources = {s for c in columns if c not in _BASELINES for s in c.split("+")}
+    """affinity.csv (taskonomy.artifacts reads and checks it) as the BIP's hyperedges: every tried transfer but
+    scratch, `full` as the target supervising itself."""
+    table = artifacts.read_affinity(run_dir)
+    transfers = []
+    for target in table.targets:
+        for column, value in table.row(target).items():
+            if column != "scratch":
+                transfers.append(Transfer((target,) if column == "full" else tuple(column.split("+")), target, value))
+    sources = {s for c in table.transfers if c not in _BASELINES for s in c.split("+")}
     # a target with a `full` transfer was supervised in stage I: a source too, even when nothing else reads it
     # (a dictionary of one task has no other column naming it)
     sources |= {tr.target for tr in transfers if tr.sources == (tr.target,) and _may_be_supervised(tr.target)}
-    return Affinity(path, targets, transfers, _registry_order(sources))
+    return Affinity(table.path, list(table.targets), transfers, _registry_order(sources))
 
 
 def _may_be_supervised(name: str) -> bool:
@@ -124,63 +78,9 @@ def _may_be_supervised(name: str) -> bool:
         return False
 
 
-def _parse_row(target: str, columns: list[str], cells: list[str], where: str) -> list[Transfer]:
-    values = []
-    for column, cell in zip(columns, cells):
-        try:
-            value = float(cell) if cell.strip() else math.nan
-        except ValueError:
-            raise TaskonomyError(f"{where}, column {column}: expected a number or nothing, got {cell!r}") from None
-        if not (math.isnan(value) or 0 <= value <= 1):
-            raise TaskonomyError(f"{where}, column {column}: an affinity lies in [0, 1], got {cell.strip()}")
-        values.append(value)
-    total = float(np.nansum(values))
-    if abs(total - 1) > _ROW_SUM_TOLERANCE:
-        raise TaskonomyError(f"{where}: the affinities of target {target} sum to {total:.4f}, expected 1")
-    row = []
-    for column, value in zip(columns, values):
-        if math.isnan(value) or column == "scratch":
-            continue
-        sources = (target,) if column == "full" else tuple(column.split("+"))
-        if column != "full" and target in sources:
-            raise TaskonomyError(f"{where}: transfer {column} into {target} reads the target itself; use 'full'")
-        row.append(Transfer(sources, target, value))
-    return row
-
-
 def read_losses(run_dir: Path, targets: Sequence[str]) -> dict[str, TargetLosses]:
     """Per-image test losses of `targets` from transfers.zarr; a target not complete there is left out (warning)."""
-    import zarr
-
-    path = run_dir / TRANSFERS_STORE
-    if not path.exists():
-        raise TaskonomyError(f"{path} does not exist; run the transfers (stage II) first")
-    try:
-        root = zarr.open_group(str(path), mode="r")
-    except Exception as err:  # a garbled zarr.json is as bad as a missing one
-        raise TaskonomyError(f"{path} is not a readable Zarr store ({type(err).__name__})") from None
-    out: dict[str, TargetLosses] = {}
-    for target in targets:
-        group = root.get(target)
-        if group is None or not group.attrs.get("complete", False):
-            state = "is missing from" if group is None else "is incomplete in"
-            warnings.warn(f"target {target} {state} {path}; it is left out of the evaluation", TaskonomyWarning,
-                          stacklevel=2)
-            continue
-        where = f"{path}/{target}"
-        names = [_canonical(str(n), where) for n in group.attrs.get("transfers", [])]
-        try:
-            losses = np.asarray(group["losses"][...], dtype=np.float64)
-        except KeyError:
-            raise TaskonomyError(f"{where}: no 'losses' array") from None
-        if losses.ndim != 2 or losses.shape[0] != len(names):
-            raise TaskonomyError(f"{where}: losses of shape {losses.shape} do not match its {len(names)} transfers")
-        if not np.isfinite(losses).all():
-            raise TaskonomyError(f"{where}: losses are not all finite")
-        out[target] = TargetLosses(names, losses)
-    if len({t.losses.shape[1] for t in out.values()}) > 1:
-        raise TaskonomyError(f"{path}: targets were tested on different numbers of images")
-    return out
+    return artifacts.read_losses(run_dir, targets, purpose="the evaluation").targets
 
 
 def with_overrides(config: Config, **overrides: Any) -> Config:
@@ -233,33 +133,33 @@ def _solve_checked(problem: Problem, cfg: TaxonomyConfig) -> Solution:
     return solution
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise TaskonomyError(f"cannot write {path}: {err.strerror or err}") from None
-    return path
+def solve_policy(config: Config, run_dir: Path) -> tuple[Problem, Solution]:
+    """The configured BIP over the run's affinities and its optimal policy (infeasible: a one-line error)."""
+    cfg = config.taxonomy
+    problem = make_problem(read_affinity(run_dir), cfg, cfg.budget, cfg.max_order)
+    return problem, _solve_checked(problem, cfg)
 
 
-def _write_json(path: Path, doc: Any) -> Path:
-    return _write_atomic(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n"))
-
-
-def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
-    def write(tmp: Path) -> None:
-        with tmp.open("w", newline="") as handle:
-            out = csv.writer(handle)
-            out.writerow(header)
-            out.writerows([[_cell(v) for v in row] for row in rows])
-    return _write_atomic(path, write)
-
-
-def _cell(value: Any) -> Any:
-    if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.6g}"
-    return "" if value is None else value
+def sweep_policies(config: Config, run_dir: Path, max_order: int | None = None,
+                   budgets: Sequence[float] | None = None,
+                   progress: Callable[[SweepPoint], None] | None = None) -> tuple[list[SweepPoint], Problem, dict]:
+    """Solve at every budget (default 1..number of sources) and max order 1..K and score each policy on the test
+    losses: (points, the problem at budget 0 naming sources and targets, the losses read)."""
+    cfg = config.taxonomy
+    top = max_order or cfg.max_order
+    affinity = read_affinity(run_dir)
+    probe = make_problem(affinity, cfg, 0.0, top)
+    losses = read_losses(run_dir, probe.targets)
+    if not losses:
+        raise TaskonomyError(f"no target of {RunFolder(run_dir).transfers} is complete; nothing to evaluate")
+    budgets = [float(b) for b in (budgets or range(1, len(probe.sources) + 1))]
+    points = sweep(lambda b, k: make_problem(affinity, cfg, b, k), budgets, list(range(1, top + 1)), losses,
+                   solver=cfg.solver, time_limit=cfg.time_limit, progress=progress)
+    if not any(p.policy for p in points):
+        problem = make_problem(affinity, cfg, budgets[-1], top)
+        raise TaskonomyError(f"infeasible at every budget up to {budgets[-1]:g}: "
+                             f"{explain_infeasible(problem, cfg.solver, cfg.time_limit)}")
+    return points, probe, losses
 
 
 def _policy_doc(problem: Problem, policy: dict[str, Transfer]) -> dict[str, Any]:
@@ -272,9 +172,7 @@ def run_solve(config: Config, run_dir: Path) -> tuple[Solution, list[Path]]:
     from taskonomy.taxonomy.graph import taxonomy_figure
 
     cfg = config.taxonomy
-    affinity = read_affinity(run_dir)
-    problem = make_problem(affinity, cfg, cfg.budget, cfg.max_order)
-    solution = _solve_checked(problem, cfg)
+    problem, solution = solve_policy(config, run_dir)
     doc = {"budget": cfg.budget, "max_order": cfg.max_order, "solver": cfg.solver, "status": solution.status,
            "objective": solution.objective, "label_cost": solution.label_cost,
            "supervised": list(solution.supervised), "policy": _policy_doc(problem, solution.policy),
@@ -282,7 +180,7 @@ def run_solve(config: Config, run_dir: Path) -> tuple[Solution, list[Path]]:
     title = (f"Taxonomy: budget {cfg.budget:g}, max order {cfg.max_order}, {len(solution.supervised)} supervised, "
              f"objective {solution.objective:.3f} ({solution.status})")
     figure = taxonomy_figure(solution.supervised, solution.policy, title)
-    return solution, [_write_json(run_dir / "taxonomy.json", doc),
+    return solution, [write_json(RunFolder(run_dir).taxonomy, doc),
                       save_figure(RunFolder(run_dir).taxonomy_graph, figure)]
 
 
@@ -293,21 +191,10 @@ def run_evaluate(config: Config, run_dir: Path, *, max_order: int | None = None,
     the taxonomies at report_budgets() for the report (budget_taxonomies.json lists them)."""
     from taskonomy.taxonomy.graph import evaluation_figure, taxonomy_grid_figure
 
-    cfg = config.taxonomy
-    top = max_order or cfg.max_order
-    affinity = read_affinity(run_dir)
-    probe = make_problem(affinity, cfg, 0.0, top)
-    losses = read_losses(run_dir, probe.targets)
-    if not losses:
-        raise TaskonomyError(f"no target of {run_dir / TRANSFERS_STORE} is complete; nothing to evaluate")
-    budgets = [float(b) for b in range(1, len(probe.sources) + 1)]
+    top = max_order or config.taxonomy.max_order
+    points, probe, losses = sweep_policies(config, run_dir, top, progress=progress)
+    budgets = sorted({p.budget for p in points})
     orders = list(range(1, top + 1))
-    points = sweep(lambda b, k: make_problem(affinity, cfg, b, k), budgets, orders, losses,
-                   solver=cfg.solver, time_limit=cfg.time_limit, progress=progress)
-    if not any(p.policy for p in points):
-        problem = make_problem(affinity, cfg, budgets[-1], top)
-        raise TaskonomyError(f"infeasible at every budget up to {budgets[-1]:g}: "
-                             f"{explain_infeasible(problem, cfg.solver, cfg.time_limit)}")
     rows = [[p.budget, p.max_order, t, tr.name, *p.scores.get(t, (math.nan, math.nan))]
             for p in points for t, tr in p.policy.items()]
     evaluated = [t for t in probe.targets if t in losses]
@@ -319,9 +206,9 @@ def run_evaluate(config: Config, run_dir: Path, *, max_order: int | None = None,
     shown = sorted({feasible[round(i * (len(feasible) - 1) / 3)] for i in range(4)}) if feasible else []
     run = RunFolder(run_dir)
     return points, [
-        _write_csv(run.evaluation, ["budget", "max_order", "target", "transfer", "gain", "quality"], rows),
-        _write_csv(run.supervision_saved_csv, list(saved[0]), [list(r.values()) for r in saved]),
-        _write_json(run.supervision_saved_json, {
+        write_csv(run.evaluation, ["budget", "max_order", "target", "transfer", "gain", "quality"], rows, digits=6),
+        write_csv(run.supervision_saved_csv, list(saved[0]), [list(r.values()) for r in saved], digits=6),
+        write_json(run.supervision_saved_json, {
             "all_targets": len(probe.targets), "evaluated_targets": evaluated,
             "note": "quality is the win rate against full supervision; labelling every target scores 0.5",
             "levels": saved, "points": summary}),
@@ -376,7 +263,7 @@ def run_all_for_one(config: Config, run_dir: Path, target: str, supervised: Sequ
         supervised = _supervised_from_taxonomy(run_dir)
     _check_known([s for s in supervised if s != target], affinity.sources, "--supervised", affinity.path, "a source")
     losses: dict[str, TargetLosses] = {}
-    if (run_dir / TRANSFERS_STORE).exists():
+    if (RunFolder(run_dir).transfers).exists():
         losses = read_losses(run_dir, [target])
     top = max_order or config.taxonomy.max_order
     rows, best = [], None
@@ -394,12 +281,12 @@ def run_all_for_one(config: Config, run_dir: Path, target: str, supervised: Sequ
              f"(max order {top})")
     used = [s for s in supervised if s in best.sources]
     figure = taxonomy_figure(used, {target: best}, title, policy_scores({target: best.name}, losses))
-    return rows, [_write_json(run_dir / f"all_for_one_{target}.json", doc),
+    return rows, [write_json(RunFolder(run_dir).all_for_one(target, "json"), doc),
                   save_figure(RunFolder(run_dir).all_for_one(target, "png"), figure)]
 
 
 def _supervised_from_taxonomy(run_dir: Path) -> list[str]:
-    path = run_dir / "taxonomy.json"
+    path = RunFolder(run_dir).taxonomy
     try:
         return list(json.loads(path.read_text())["supervised"])
     except FileNotFoundError:

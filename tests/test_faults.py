@@ -36,13 +36,11 @@ def run(faults_run, tmp_path) -> tuple[Path, Path, dict[str, bytes]]:
 
 
 @pytest.fixture(autouse=True)
-def _forget_added_targets():
-    """add-target registers tasks in this process: forget them after each test."""
-    before = {t.name for t in registry.all_tasks()}
+def _registry_untouched():
+    """Targets added from the cache live in the run folder, never in the process-wide task dictionary."""
+    before = [t.name for t in registry.all_tasks()]
     yield
-    for task in registry.all_tasks():
-        if task.name not in before:
-            registry.unregister(task.name)
+    assert [t.name for t in registry.all_tasks()] == before
 
 
 # --- a second writer on the same run folder ---------------------------------------------------------------------
@@ -311,7 +309,7 @@ def test_add_target_refuses_labels_with_nan_inf_or_the_wrong_shape(run, tmp_path
 def test_a_garbled_list_of_added_targets_is_one_line(run, capsys):
     config, copy, _ = run
     (copy / "added_targets.json").write_text('[{"name": "../x"}')
-    assert cli(config, copy, "ahp") == 2
+    assert cli(config, copy, "transfer") == 2
     assert f"{copy}/added_targets.json is unreadable (JSONDecodeError)" in one_line(capsys)
 
 

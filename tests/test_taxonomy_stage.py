@@ -112,12 +112,12 @@ def test_evaluate_sweeps_budgets_and_orders(small_run):
     assert report_budgets(2) == [1] and report_budgets(0) == []
 
 
-
 def test_gain_and_quality_are_win_rates_on_the_test_losses():
-    from taskonomy.taxonomy.evaluate import TargetLosses, policy_scores
+    from taskonomy.artifacts import TargetLosses
+    from taskonomy.taxonomy.evaluate import policy_scores
 
     losses = np.array([[1.0, 2.0, 3.0, 4.0], [2.0, 2.0, 1.0, 5.0], [0.5, 3.0, 3.0, 1.0]])
-    table = {"t": TargetLosses(["scratch", "full", "a"], losses)}
+    table = {"t": TargetLosses("t", ["scratch", "full", "a"], [0, 0, 1], losses)}
     assert win_rate(losses[2], losses[0]) == 0.5  # ties count for neither
     assert policy_scores({"t": "a"}, table)["t"] == (0.5, 0.5)
     assert policy_scores({"t": "full"}, table)["t"] == (0.25, 0.5)
@@ -126,7 +126,7 @@ def test_gain_and_quality_are_win_rates_on_the_test_losses():
 def test_incomplete_target_is_left_out_with_a_warning(tmp_path):
     run_dir = tmp_path / "run"
     write_run(run_dir, tasks=SMALL[:4], max_order=1, incomplete=("normal",))
-    with pytest.warns(TaskonomyWarning, match="target normal is incomplete"):
+    with pytest.warns(TaskonomyWarning, match="target normal is not complete"):
         assert taskonomy(run_dir, "evaluate", "--max-order", "1") == 0
     with (run_dir / "evaluation.csv").open() as handle:
         rows = [r for r in csv.DictReader(handle) if r["target"] == "normal"]

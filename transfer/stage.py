@@ -37,7 +37,7 @@ from taskonomy.transfer.train import ReadoutJob, TrainReport, train_readouts
 __all__ = ["TRANSFER_VERSION", "TransferOutcome", "beam_transfers", "run_transfer", "transfer_name",
            "transfer_targets"]
 
-TRANSFER_VERSION = "2"  # 2: dense readouts decode with upsampling convs
+TRANSFER_VERSION = "3"  # 2: dense readouts decode with upsampling convs; 3: a lone readout trains beside a companion
 
 
 def beam_transfers(ranked: list[str], max_order: int, beam: int = 5) -> list[tuple[str, ...]]:

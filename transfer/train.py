@@ -107,9 +107,15 @@ class _Job:
         self.pair = self.task.head == "pair"
         widths = [sum(channels[s] * (2 if self.pair else 1) for s in t) for t in job.transfers]
         self.width = max(widths)
-        self.readouts: GroupedReadouts = build_readouts(self.task, len(job.transfers), self.width, grid, image_size,
+        # a lone readout gets an idle companion: oneDNN computes a grouped convolution of any G >= 2 group by group
+        # with the same kernel, but G = 1 takes the plain convolution, whose float sums differ in the last bit;
+        # so a readout trains to the same bits alone (add-source) as among the others (a fresh transfer)
+        self.n = len(job.transfers)
+        spare = [(widths[0], readout_seed(job.seed, ("spare",)))] if self.n == 1 else []
+        self.readouts: GroupedReadouts = build_readouts(self.task, self.n + len(spare), self.width, grid, image_size,
                                                         cfg.hidden)
-        self.readouts.reset([readout_seed(job.seed, t) for t in job.transfers], widths)
+        self.readouts.reset([readout_seed(job.seed, t) for t in job.transfers] + [s for _, s in spare],
+                            widths + [w for w, _ in spare])
         self.optimizer = torch.optim.AdamW(self.readouts.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps)))
@@ -123,6 +129,7 @@ class _Job:
             parts = [features[p][rows] for s in transfer for p in _source_paths(s, self.task, split)]
             x = torch.cat(parts, dim=1)
             groups.append(F.pad(x, (0, 0, 0, 0, 0, self.width - x.shape[1])))
+        groups += [torch.zeros_like(groups[0])] * (self.readouts.groups - self.n)  # the idle companion's input
         return torch.stack(groups, dim=1)
 
     def losses(self, z: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
@@ -132,7 +139,7 @@ class _Job:
         pred = self.readouts(z)
         b, g = pred.shape[:2]
         target = y.unsqueeze(1).expand(b, g, *y.shape[1:]).flatten(0, 1)
-        return self.loss(pred.flatten(0, 1), target).view(b, g)
+        return self.loss(pred.flatten(0, 1), target).view(b, g)[:, :self.n]  # the idle companion never learns
 
 
 def train_readouts(root: zarr.Group, jobs: list[ReadoutJob], cfg: TransferConfig, image_size: int,
