@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 CONFIG  ?= configs/default.yaml
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup lint test test-slow demo data preview train extract transfer ahp taxonomy report bench clean
+.PHONY: setup lint test test-slow demo data preview train extract transfer add-target add-source ahp taxonomy report upgrade bench clean
 
 setup: $(STAMP)
 
@@ -48,6 +48,15 @@ extract: train
 transfer: extract
 	$(BIN)/taskonomy --config $(CONFIG) transfer
 
+# Reuse the cache of a finished run (the run folder's own config.yaml applies):
+#   make add-target NAME=far_room LABELS=far_room.npy LOSS=bce
+#   make add-source NAME=vp_normal ENCODER=normal_encoder-f5e2c773.pth
+add-target: setup
+	$(BIN)/taskonomy --run-dir $(RUN) add-target $(NAME) --labels $(LABELS) --loss $(LOSS)
+
+add-source: setup
+	$(BIN)/taskonomy --run-dir $(RUN) add-source $(NAME) --encoder $(ENCODER)
+
 # Stage III over the run's transfers.zarr (written by stage II).
 ahp: setup
 	$(BIN)/taskonomy --config $(CONFIG) ahp
@@ -60,6 +69,10 @@ taxonomy: setup
 # The static HTML page of the run folder (needs affinity.csv; shows whatever else the stages wrote).
 report: setup
 	$(BIN)/taskonomy --config $(CONFIG) report
+
+# A run folder made by an older version: verify its stores and record what this version needs.
+upgrade: setup
+	$(BIN)/taskonomy --run-dir $(RUN) upgrade
 
 bench: setup
 	$(BIN)/python benchmarks/bench_data.py

@@ -196,7 +196,7 @@ def _power(ratio, tol, max_iter, out):
     x = np.full(n, 1.0 / n)
     y = np.empty(n)
     lam = 0.0
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 (returned: the iterations it took)
         lam = 0.0
         for i in range(n):
             s = 0.0

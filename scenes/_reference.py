@@ -7,7 +7,7 @@ side and two discs. Conventions (surface order, stripe directions, noise hash) a
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -20,7 +20,7 @@ Conventions (the NumPy oracle in `_reference.py` follows the same ones):
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from numba import njit, prange
@@ -231,7 +231,7 @@ def _hit_frame(objs, sc, surf, code, px, py, pz, dx, dy, dz, W, D, H):
 def _trace_row(b, v, cam, sc, rooms, objs, n_obj, obj_class, tex_kind, tex_col, tex_gamma, tex_inv_scale, size,
                full, scr, depth_z, depth_e, position, normal, albedo, surface, semantic, curvature):
     """Primary rays of image row v of view b: geometry outputs, plus hit point, normal, albedo in scr."""
-    ox, oy, oz, f = cam[0], cam[1], cam[2], cam[12]
+    ox, oy, oz = cam[0], cam[1], cam[2]
     W, D, H = rooms[sc, 0], rooms[sc, 1], rooms[sc, 2]
     k_obj = n_obj[sc]
     oc = np.empty((k_obj, 4))  # camera - centre, |.|^2 - R^2: the bounding-sphere cull, once per row

@@ -57,7 +57,8 @@ class Scene:
     room_type: int  # index into ROOM_TYPES
     obj_shape: np.ndarray  # (K,) int32: BOX, SPHERE or CYLINDER
     obj_center: np.ndarray  # (K, 3) float64
-    obj_size: np.ndarray  # (K, 3) float64: box half-extents in its own frame; sphere (r, r, r); cylinder (r, r, half-height)
+    # (K, 3) float64: box half-extents in its own frame; sphere (r, r, r); cylinder (r, r, half-height)
+    obj_size: np.ndarray
     obj_yaw: np.ndarray  # (K,) float64: rotation of a box about the vertical axis, radians (0 for the others)
     obj_class: np.ndarray  # (K,) int32: semantic class, 2 + index into OBJECT_CLASSES
     tex_kind: np.ndarray  # (6 + K,) int32: TEX_*

@@ -23,7 +23,8 @@ Other dense tasks get their data's own per-channel range (16-bit grey for one ch
 two to four), recorded in `taskonomy_export.json`, which the reader prefers over this table. Global and pair
 labels go into `point_info/<building>/point_<p>_view_0_domain_point_info.json` (keys = task names); the second
 view of pair task t is `rgb/<building>/point_<p>_view_<v>_domain_rgb.png` with v = VIEW_SLOTS[t] (egomotion 1,
-fixated_pose 2, nonfixated_pose 3, point_matching 4, user pair tasks 5..), and the JSON's "views" key says so. `taskonomy_export.json` is written last: a folder without it was not exported completely.
+fixated_pose 2, nonfixated_pose 3, point_matching 4, user pair tasks 5..), and the JSON's "views" key says so.
+`taskonomy_export.json` is written last: a folder without it was not exported completely.
 The export empties a folder that holds an earlier export of ours and refuses any other non-empty folder.
 """
 

@@ -1,7 +1,8 @@
 """A Taskonomy engine over cached features (Zamir et al., CVPR 2018).
 
 Stages: scenes (generated data) -> extract (stage I, feature cache) -> transfer (stage II) -> ahp
-(stage III) -> taxonomy (stage IV). The command line is `taskonomy`; in Python, `taskonomy.open_run(path)`; see README.md.
+(stage III) -> taxonomy (stage IV). The command line is `taskonomy`; in Python, `taskonomy.open_run(path)`;
+see README.md.
 """
 
 from __future__ import annotations

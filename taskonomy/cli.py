@@ -376,7 +376,8 @@ def add_target_command(ctx: Context, name: str, labels_path: str, loss: str, for
 @cli.command("add-source")
 @click.argument("name")
 @click.option("--encoder", required=True, type=click.Path(dir_okay=False),
-              help="A local visualpriors encoder checkpoint ({task}_encoder-{sha256}.pth), as extract.taskonomy_encoders.")
+              help="A local visualpriors encoder checkpoint ({task}_encoder-{sha256}.pth), as in "
+                   "extract.taskonomy_encoders.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Train its readouts on an existing dask.distributed cluster (overrides transfer.scheduler).")
 @click.pass_obj

@@ -230,7 +230,7 @@ class TransferConfig(_Strict):
 
 
 class Config(_Strict):
-    """A whole run's configuration; its defaults are configs/default.yaml's (tests/test_config.py checks it)."""
+    """A whole run's configuration; its defaults are configs/default.yaml's (tests/taskonomy/test_config.py)."""
 
     name: str = "default"
     seed: int = Field(0, ge=0, lt=2**63)

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from taskonomy import TaskonomyError
 
 __all__ = [
-    "CHROMA_EDGES", "GROUPS", "HEADS", "MODALITIES", "N_CHROMA_BINS", "N_OBJECT_CLASSES", "N_SEMANTIC", "N_JIGSAW", "OBJECT_CLASSES",
+    "CHROMA_EDGES", "GROUPS", "HEADS", "MODALITIES", "N_CHROMA_BINS", "N_OBJECT_CLASSES", "N_SEMANTIC", "N_JIGSAW",
+    "OBJECT_CLASSES",
     "ROOM_TYPES", "Task", "all_tasks", "get", "register", "resolve_alias", "unregister", "validate_name",
 ]
 

@@ -52,6 +52,11 @@ def copy_run(reference: Path, tmp_path: Path, *drop: str) -> Path:
     return copy
 
 
+def store_bytes(path: Path) -> dict[str, bytes]:
+    """Every file of a store (or any folder) and its bytes, by relative path."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
 def snapshot(run_dir: Path) -> dict[str, bytes]:
     """Every file of a run folder and its bytes, but the lock (every command writes its PID there)."""
     return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))

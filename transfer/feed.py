@@ -7,8 +7,8 @@
 
 Every array becomes a Dask array whose chunks are its Zarr chunks (no chunk is read twice for one block);
 a block is the image range of one chunk of the array with the longest chunks (or a given length), so
-every array of a source with that chunk length is read chunk by chunk. One background thread computes block i+1 while the caller
-trains on block i.
+every array of a source with that chunk length is read chunk by chunk. One background thread computes block
+i+1 while the caller trains on block i.
 """
 
 from __future__ import annotations

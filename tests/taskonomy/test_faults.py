@@ -101,7 +101,8 @@ def _shrink(store: Path, name: str) -> None:
     """Replace array `name` by one of two images fewer (a store whose image counts disagree)."""
     group = zarr.open_group(str(store), mode="r+")
     values = group[name][:-2]
-    group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=group[name].chunks, overwrite=True)[:] = values
+    array = group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=group[name].chunks, overwrite=True)
+    array[:] = values
 
 
 @pytest.mark.parametrize("damage,command,expected", [

@@ -42,7 +42,7 @@ def test_grouped_readouts_equal_the_same_readouts_built_alone(name):
     grouped = build_readouts(task, 3, 16, 4, 32)
     grouped.reset(seeds, widths)
     z = torch.randn(5, 3, 16, 4, 4)
-    for g, (seed, width) in enumerate(zip(seeds, widths)):
+    for g, width in enumerate(widths):
         z[:, g, width:] = 0  # zero padding, as the trainer pads narrower inputs
     out = grouped(z)
     for g, (seed, width) in enumerate(zip(seeds, widths)):
@@ -276,5 +276,5 @@ def test_run_does_every_stage_and_skips_what_is_up_to_date(transferred, tmp_path
     for name in ("affinity.csv", "taxonomy.json", "evaluation.csv", "report/index.html"):
         assert (copy / name).is_file()
     after = _losses(copy)
-    for target, (names, losses) in before.items():
+    for target, (_, losses) in before.items():
         np.testing.assert_array_equal(after[target][1], losses)

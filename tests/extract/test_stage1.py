@@ -117,7 +117,7 @@ def test_quality_row():
 
 def test_baseline_is_the_train_prior(tiny_data):
     data = open_data(tiny_data)
-    train, test = (data[f"labels/class_scene"].get_orthogonal_selection((data[f"splits/{s}"][:],))
+    train, test = (data["labels/class_scene"].get_orthogonal_selection((data[f"splits/{s}"][:],))
                    for s in ("train", "test"))
     prior = (np.bincount(train, minlength=5) + 1.0) / (len(train) + 5)
     np.testing.assert_allclose(baseline_losses("class_scene", data), -np.log(prior[test]), rtol=1e-6)

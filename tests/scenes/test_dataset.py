@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,15 +13,12 @@ import numpy as np
 import pytest
 import zarr
 
+from _faults import store_bytes
 from taskonomy import TaskonomyError
 from taskonomy import tasks as registry
 from taskonomy.config import load_config
 from taskonomy.scenes import dataset
 from taskonomy.scenes.dataset import build_data, generate_images, open_data, plan_arrays
-
-
-def store_bytes(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 def small_config(tmp_path: Path, **data):

@@ -165,3 +165,20 @@ def test_hostile_add_source_and_add_target_change_nothing(faults_run, encoder_fi
         assert taskonomy(missing, *args) == 2
         assert "does not exist" in capsys.readouterr().err
     assert not missing.exists()
+
+
+def test_an_added_target_of_other_data_is_refused_by_name(faults_run, tmp_path, capsys):
+    """data.zarr rebuilt after add-target (simulated by the recorded data hash): transfer names the target."""
+    _, reference = faults_run
+    run = copy_run(reference, tmp_path)
+    assert taskonomy(run, "-q", "add-target", TARGET, "--labels", str(far_labels(run, tmp_path)), "--loss", "bce") == 0
+    entries = json.loads((run / "added_targets.json").read_text())
+    entries[0]["data_hash"] = "0123456789abcdef"
+    (run / "added_targets.json").write_text(json.dumps(entries))
+    before = snapshot(run)
+    capsys.readouterr()
+    assert taskonomy(run, "-q", "transfer") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"added target {TARGET} was labelled for another data.zarr" in err
+    assert f"taskonomy add-target {TARGET} --labels FILE --loss bce --force" in err
+    assert snapshot(run) == before

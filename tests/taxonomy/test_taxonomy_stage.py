@@ -147,7 +147,8 @@ def test_all_for_one_picks_the_best_transfer_from_the_supervised_sources(synthet
     assert taskonomy(synthetic_run, "solve", "--budget", "3") == 0
     assert taskonomy(synthetic_run, "all-for-one", NOVEL) == 0
     chosen = json.loads((synthetic_run / f"all_for_one_{NOVEL}.json").read_text())
-    assert set(chosen["best"]["sources"]) <= set(json.loads((synthetic_run / "taxonomy.json").read_text())["supervised"])
+    supervised = json.loads((synthetic_run / "taxonomy.json").read_text())["supervised"]
+    assert set(chosen["best"]["sources"]) <= set(supervised)
 
 
 def _edit_affinity(run_dir: Path, edit) -> None:

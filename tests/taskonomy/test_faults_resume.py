@@ -3,7 +3,7 @@ and SIGKILLs itself at a chosen call (after some chunks, some tasks or targets, 
 same command run again must finish with what the uninterrupted reference run made: the same bytes for data and
 features, the same weights and losses, affinities, taxonomy and evaluation.
 
-The other kill tests: tests/test_dataset.py (data, a SIGKILL and a half-written chunk), test_features.py
+The other kill tests: tests/scenes/test_dataset.py (data, a SIGKILL and a half-written chunk), test_features.py
 (extraction interrupted after a chunk written but not recorded), test_transfer.py (transfer killed after the
 first order on the tiny config).
 """
@@ -19,8 +19,7 @@ import pytest
 import torch
 import zarr
 
-from _faults import cli, copy_run, killed, snapshot
-from test_dataset import store_bytes
+from _faults import cli, copy_run, killed, snapshot, store_bytes
 from taskonomy.extract.checkpoints import load_checkpoint
 
 TIMINGS = ("seconds", "images_per_s")  # measured, not computed: the only things a resumed run may change

@@ -10,7 +10,7 @@ from taskonomy import TaskonomyError
 from taskonomy.extract import features
 from taskonomy.extract.features import Source, extract_features, open_features
 from taskonomy.scenes.dataset import open_data
-from test_dataset import store_bytes
+from _faults import store_bytes
 
 
 def pooled_source(name: str, scale: float = 1.0) -> Source:

@@ -261,7 +261,7 @@ def test_inputs_of_an_image_are_the_same_in_any_batch(sampled):
                                                        "permuted": (6, 3, SIZE, SIZE)}
     assert all(v.dtype == np.uint8 for v in batch.values())
     masked = (batch["masked"] != batch["rgb"]).any(axis=1).sum(axis=(1, 2))
-    assert ((masked <= (SIZE // 2) ** 2)).all() and (masked > 0).any()
+    assert (masked <= (SIZE // 2) ** 2).all() and (masked > 0).any()
 
 
 def test_noisy_input_has_gaussian_noise_of_sigma_one_tenth():
