@@ -103,7 +103,10 @@ def add_target(config: Config, run_dir: str | Path, name: str, loss: str, labels
         raise TaskonomyError(f"task name {name!r} is taken by a task of the dictionary; choose another name")
     data = open_data(run.data, config)
     data_id = data_hash(data)
-    transfers = open_complete(run.transfers, REBUILD["transfers"])
+    if name in added and run.transfers.is_dir():  # the same target again: finish what a killed add-target left
+        transfers = zarr.open_group(str(run.transfers), mode="r")
+    else:
+        transfers = open_complete(run.transfers, REBUILD["transfers"])
     if transfers.attrs.get("data_hash") != data_id:
         raise TaskonomyError(f"{run.transfers} was made from another data.zarr; run `taskonomy transfer` "
                              f"to redo it before adding targets")

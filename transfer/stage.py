@@ -269,9 +269,10 @@ def run_transfer(config: Config, run_dir: str | Path, force: bool = False, progr
     if force or store.attrs.get("data_hash") != data_id:
         store = zarr.open_group(str(run.transfers), mode="w")
     present = set(store.attrs.get("targets", [])) | set(todo)
-    store.attrs.update({"data_hash": data_id, "complete": False, "targets": [n for n in names if n in present],
-                        "sources": sources, "test_index": [int(i) for i in data["splits/test"][:]],
-                        "loss": {n: (added[n].task if n in added else registry.get(n)).loss for n in names}})
+    # set with the first write: until a row is written, a finished store stays as it was (and complete)
+    root_attrs = {"data_hash": data_id, "complete": False, "targets": [n for n in names if n in present],
+                  "sources": sources, "test_index": [int(i) for i in data["splits/test"][:]],
+                  "loss": {n: (added[n].task if n in added else registry.get(n)).loss for n in names}}
     targets = []
     for name in todo:
         task = added[name].task if name in added else registry.get(name)
@@ -289,6 +290,7 @@ def run_transfer(config: Config, run_dir: str | Path, force: bool = False, progr
     first = {t.name: [(s,) for s in sources if s != t.name] for t in targets}
 
     def write(complete: bool) -> None:
+        store.attrs.update(root_attrs)
         for target in targets:
             _write_target(store, target, complete=complete)
 

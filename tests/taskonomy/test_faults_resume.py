@@ -130,9 +130,12 @@ def test_add_target_killed_before_its_rows_are_written_resumes_to_the_same_rows(
     before = snapshot(copy)
     killed(config, copy, command, "taskonomy.transfer.stage:_write_target", 1, "before")
     after = snapshot(copy)
-    # readouts trained, none written: transfers.zarr as it was; the target's entry, labels and network are kept
-    assert {k: v for k, v in after.items() if k.startswith("transfers.zarr")} == \
-        {k: v for k, v in before.items() if k.startswith("transfers.zarr")}
+    # readouts trained, none written: no target's rows changed, the store marked incomplete (readers refuse it
+    # until a command finishes it); the target's entry, labels and network are kept
+    root = "transfers.zarr/zarr.json"
+    assert {k: v for k, v in after.items() if k.startswith("transfers.zarr") and k != root} == \
+        {k: v for k, v in before.items() if k.startswith("transfers.zarr") and k != root}
+    assert json.loads(after[root])["attributes"]["complete"] is False
     assert {"added_targets.json", "added_targets/bright_view.npy", "models/bright_view.pt"} <= set(after) - set(before)
     assert cli(config, copy, *command) == 0  # the same command again finishes it
     same_transfers(copy, whole)
