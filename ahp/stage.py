@@ -71,7 +71,9 @@ def order_transfers(names: set[str], sources: list[str]) -> list[str]:
 
 def _input_hash(attrs: dict[str, Any], targets: list[TargetLosses], config: Config) -> str:
     digests = {t.target: [t.transfers, t.orders, hashlib.sha256(t.losses.tobytes()).hexdigest()] for t in targets}
-    return content_hash(AHP_VERSION, attrs, digests, config.ahp.model_dump(mode="json"), config.seed)
+    # what the losses mean, not how stage II spent its time (wait_share) or where its chunks lie (inventories)
+    meaning = {k: v for k, v in attrs.items() if k not in ("wait_share", "arrays", "chunks")}
+    return content_hash(AHP_VERSION, meaning, digests, config.ahp.model_dump(mode="json"), config.seed)
 
 
 def _up_to_date(run: RunFolder, digest: str) -> bool:
