@@ -67,16 +67,11 @@ def train_all(config: Config, run_dir: Path, force: bool = False, progress: bool
         if not force and stored_hash(path) == stamp:
             rows.append({**load_checkpoint(path)["quality"], "status": "up to date"})
             continue
-        result = train_task(task, data, config.train, _task_seed(config.seed, task), device, progress=progress)
-        network = restore_network(task, config.train, data.attrs["image_size"], result.state_dict)
-        test = test_losses(task, network, result.scaler, data, "test", device)
+        result, test = _train_and_test(task, data, config, device, progress)
         row = {**quality_row(task, test, baseline_losses(task, data, "test", result.scaler)),
                "best_epoch": result.best_epoch, "seconds": round(result.seconds, 2),
                "images_per_s": round(result.images_per_second, 1)}
-        save_checkpoint(path, {"hash": stamp, "task": task, "state_dict": result.state_dict,
-                               "scaler": result.scaler, "quality": row, "epoch_losses": result.epoch_losses,
-                               "test_losses": torch.from_numpy(test),
-                               "validation_losses": result.validation_losses})
+        save_checkpoint(path, _payload(stamp, task, result, test, quality=row))
         rows.append({**row, "status": "trained"})
     _write_quality(RunFolder(run_dir).stage1_quality, rows)
     return rows
@@ -91,14 +86,27 @@ def added_network(config: Config, run_dir: Path, added, labels: np.ndarray, data
     stamp = content_hash(_model_hash(config, data_hash(data), task.name), added.labels_hash)
     if stored_hash(path) == stamp:
         return load_checkpoint(path), 0
-    seed = _task_seed(config.seed, task.name)
-    result = train_task(task, data, config.train, seed, device, progress=progress, labels=labels)
-    test = test_losses(task, result.network, result.scaler, data, "test", device, labels=labels)
-    payload = {"hash": stamp, "task": task.name, "state_dict": result.state_dict, "scaler": result.scaler,
-               "test_losses": torch.from_numpy(test), "epoch_losses": result.epoch_losses,
-               "validation_losses": result.validation_losses, "best_epoch": result.best_epoch}
+    result, test = _train_and_test(task, data, config, device, progress, labels)
+    payload = _payload(stamp, task.name, result, test, best_epoch=result.best_epoch)
     save_checkpoint(path, payload)
     return payload, 1
+
+
+def _train_and_test(task, data, config: Config, device: torch.device, progress: bool,
+                    labels: np.ndarray | None = None):
+    """Stage I training of `task` (a name, or the Task of an added target with its `labels`) on the train split,
+    and the trained network's per-image test losses: (TrainResult, (n_test,) float64)."""
+    name = task if isinstance(task, str) else task.name
+    result = train_task(task, data, config.train, _task_seed(config.seed, name), device, progress=progress,
+                        labels=labels)
+    return result, test_losses(task, result.network, result.scaler, data, "test", device, labels=labels)
+
+
+def _payload(stamp: str, name: str, result, test: np.ndarray, **extra) -> dict:
+    """A stage I checkpoint: weights, label scaler, training curves, per-image test losses, stamp."""
+    return {"hash": stamp, "task": name, "state_dict": result.state_dict, "scaler": result.scaler,
+            "epoch_losses": result.epoch_losses, "test_losses": torch.from_numpy(test),
+            "validation_losses": result.validation_losses, **extra}
 
 
 def _write_quality(path: Path, rows: list[dict]) -> None:

@@ -97,7 +97,7 @@ class Run:
     @property
     def targets(self) -> list[str]:
         """Every complete target of transfers.zarr (the config's and those added from the cache)."""
-        return list(artifacts.read_losses(self.path).targets)
+        return artifacts.complete_targets(self.path)
 
     @property
     def sources(self) -> list[str]:

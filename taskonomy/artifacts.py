@@ -35,6 +35,7 @@ from taskonomy.runfolder import REBUILD, RunFolder, write_csv, write_json
 
 __all__ = [
     "BASELINES", "AddedTarget", "AffinityTable", "LossTable", "SummaryRow", "TargetLosses", "canonical_transfer",
+    "complete_targets",
     "existing_rows", "labels_hash", "read_added_targets", "read_affinity", "read_affinity_ci", "read_losses",
     "read_summary", "remove_added_target", "transfer_name", "write_added_target", "write_affinity", "write_summary",
     "write_target_losses",
@@ -144,6 +145,21 @@ def _check_rows(where: str, names: list[str], orders: list[int], n_rows: int) ->
     return names
 
 
+def _complete(group: Any) -> bool:
+    """A target's group of transfers.zarr that stage II finished (None: the target is not there)."""
+    return group is not None and "losses" in group and bool(group.attrs.get("complete", False))
+
+
+def complete_targets(run_dir: str | os.PathLike) -> list[str]:
+    """The targets of a complete transfers.zarr that stage II finished, in store order; no losses are read."""
+    from taskonomy.store import open_complete
+
+    path = RunFolder(run_dir).transfers
+    with _damage_named(path, REBUILD["transfers"]):
+        root = open_complete(path, REBUILD["transfers"])
+        return [t for t in root.attrs.get("targets", []) if _complete(root.get(t))]
+
+
 def read_losses(run_dir: str | os.PathLike, targets: Sequence[str] | None = None,
                 purpose: str = "the results") -> LossTable:
     """Per-image test losses of `targets` (default: every target of the store) from a complete transfers.zarr.
@@ -161,7 +177,7 @@ def read_losses(run_dir: str | os.PathLike, targets: Sequence[str] | None = None
         found: dict[str, TargetLosses] = {}
         for target in (list(attrs.get("targets", [])) if targets is None else list(targets)):
             group = root.get(target)
-            if group is None or "losses" not in group or not group.attrs.get("complete", False):
+            if not _complete(group):
                 state = "is missing from" if group is None else "is not complete in"
                 warnings.warn(f"target {target} {state} {path}; it is left out of {purpose}", TaskonomyWarning,
                               stacklevel=2)

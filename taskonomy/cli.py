@@ -22,8 +22,7 @@ import yaml
 
 from taskonomy import TaskonomyError
 from taskonomy.config import STAGES as BUILT, Config, changed_keys, flat_keys, load_config, stage_of
-from taskonomy.runfolder import FILES, FORMAT_VERSION, check_format, format_version, write_format, write_text
-from taskonomy.runfolder import RunFolder
+from taskonomy.runfolder import FILES, FORMAT_VERSION, RunFolder, check_format, format_version, write_format, write_text
 
 __all__ = ["main"]
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from taskonomy import TaskonomyError
+from taskonomy.artifacts import BASELINES
 from taskonomy.config import Config, load_config
 from taskonomy.runfolder import FILES, RunFolder
 
@@ -134,7 +135,7 @@ def _run_config(run: RunFolder, fallback: Config | None) -> Config:
 
 def _intro(run: RunFolder, config: Config) -> str:
     header, rows = _read_csv(run.affinity)
-    transfers = [h for h in header[1:] if h not in ("full", "scratch")]
+    transfers = [h for h in header[1:] if h not in BASELINES]
     order = max((t.count("+") + 1 for t in transfers), default=0)
     images = ""
     if run.ahp_summary.is_file():

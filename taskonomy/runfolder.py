@@ -101,10 +101,6 @@ class RunFolder:
         """taxonomy_budget_<b>.png: the taxonomy `evaluate` draws at budget b."""
         return self.path / f"taxonomy_budget_{budget:g}.png"
 
-    def store_named(self, store: str) -> Path:
-        """The store's path from its file name (data.zarr, features.zarr, transfers.zarr)."""
-        return self.path / store
-
 
 def format_version(run_dir: str | os.PathLike) -> int | None:
     """The folder's format version; 0 for a folder an older version made (config but no format file);

@@ -33,9 +33,6 @@ from taskonomy.taxonomy.evaluate import QUALITY_LEVELS, SweepPoint, policy_score
 __all__ = ["Affinity", "make_problem", "read_affinity", "read_losses", "report_budgets", "run_all_for_one",
            "run_evaluate", "run_solve", "solve_policy", "sweep_policies", "with_overrides"]
 
-_BASELINES = ("full", "scratch")
-
-
 def _controls() -> set[str]:
     return {t.name for t in registry.all_tasks() if t.group == "control"}
 
@@ -64,7 +61,7 @@ def read_affinity(run_dir: Path) -> Affinity:
         for column, value in table.row(target).items():
             if column != "scratch":
                 transfers.append(Transfer((target,) if column == "full" else tuple(column.split("+")), target, value))
-    sources = {s for c in table.transfers if c not in _BASELINES for s in c.split("+")}
+    sources = {s for c in table.transfers if c not in artifacts.BASELINES for s in c.split("+")}
     # a target with a `full` transfer was supervised in stage I: a source too, even when nothing else reads it
     # (a dictionary of one task has no other column naming it)
     sources |= {tr.target for tr in transfers if tr.sources == (tr.target,) and _may_be_supervised(tr.target)}
