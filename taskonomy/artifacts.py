@@ -37,7 +37,8 @@ __all__ = [
     "BASELINES", "AddedTarget", "AffinityTable", "LossTable", "SummaryRow", "TargetLosses", "canonical_transfer",
     "complete_targets",
     "existing_rows", "labels_hash", "read_added_targets", "read_affinity", "read_affinity_ci", "read_losses",
-    "read_summary", "remove_added_target", "transfer_name", "write_added_target", "write_affinity", "write_summary",
+    "read_published", "read_summary", "read_win_rates", "remove_added_target", "transfer_name", "write_added_target",
+    "write_affinity", "write_summary",
     "write_target_losses",
 ]
 
@@ -270,9 +271,25 @@ def _number(cell: str, where: str, column: str) -> float:
 
 
 def read_affinity(run_dir: str | os.PathLike) -> AffinityTable:
-    """Parse and check affinity.csv: a 'target' column, one column per transfer, values in [0, 1], rows sum to 1."""
-    path = RunFolder(run_dir).affinity
-    rows = _read_rows(path, "compute the affinities (stage III, `taskonomy ahp`) first")
+    """Parse and check affinity.csv: a 'target' column, one column per transfer, values in [0, 1], rows sum to 1.
+
+    A column naming the target itself (t into t) is refused, except in a folder of the published results
+    (published.json), where it is the release's `t__t`: a readout on the target's own encoder.
+    """
+    run = RunFolder(run_dir)
+    return _read_table(run.affinity, "compute the affinities (stage III, `taskonomy ahp`) first",
+                       sums_to_one=True, own_allowed=run.published.is_file())
+
+
+def read_win_rates(run_dir: str | os.PathLike, kind: str) -> AffinityTable:
+    """A published win-rate table (kind "wins_vs_task" or "wins_vs_pixels"), affinity.csv's layout."""
+    return _read_table(getattr(RunFolder(run_dir), kind), "`taskonomy published` writes it", sums_to_one=False,
+                       own_allowed=True)
+
+
+def _read_table(path: Path, what: str, *, sums_to_one: bool, own_allowed: bool) -> AffinityTable:
+    rows = _read_rows(path, what)
+    noun = "an affinity" if sums_to_one else "a win rate"
     if not rows or not rows[0] or rows[0][0].strip() != "target":
         raise TaskonomyError(f"{path}: expected a header whose first column is 'target'")
     columns = [canonical_transfer(c, str(path)) for c in rows[0][1:]]
@@ -295,11 +312,12 @@ def read_affinity(run_dir: str | os.PathLike) -> AffinityTable:
         cells = [_number(cell, where, column) for column, cell in zip(columns, row[1:], strict=True)]
         for column, value, cell in zip(columns, cells, row[1:], strict=True):
             if not (math.isnan(value) or 0 <= value <= 1):
-                raise TaskonomyError(f"{where}, column {column}: an affinity lies in [0, 1], got {cell.strip()}")
-            if column not in BASELINES and target in column.split("+") and not math.isnan(value):
+                raise TaskonomyError(f"{where}, column {column}: {noun} lies in [0, 1], got {cell.strip()}")
+            if column not in BASELINES and target in column.split("+") and not math.isnan(value) and not (
+                    own_allowed and column == target):
                 raise TaskonomyError(f"{where}: transfer {column} into {target} reads the target itself; use 'full'")
         total = float(np.nansum(cells))
-        if abs(total - 1) > _ROW_SUM_TOLERANCE:
+        if sums_to_one and abs(total - 1) > _ROW_SUM_TOLERANCE:
             raise TaskonomyError(f"{where}: the affinities of target {target} sum to {total:.4f}, expected 1")
         targets.append(target)
         values.append(cells)
@@ -308,10 +326,27 @@ def read_affinity(run_dir: str | os.PathLike) -> AffinityTable:
     return AffinityTable(path, targets, columns, np.array(values, dtype=np.float64).reshape(len(targets), -1))
 
 
-def write_affinity(path: Path, targets: list[str], transfers: list[str], values: np.ndarray) -> Path:
-    """affinity.csv (or a view of it: affinity_first_order.csv), NaN as empty cells."""
+def write_affinity(path: Path, targets: list[str], transfers: list[str], values: np.ndarray,
+                   digits: int = 12) -> Path:
+    """affinity.csv (or a view of it: affinity_first_order.csv, a win-rate table), NaN as empty cells; 17
+    significant digits write a float64 exactly."""
     return write_csv(path, ["target", *transfers], [[t, *row] for t, row in zip(targets, values.tolist(),
-                                                                                 strict=True)])
+                                                                                 strict=True)], digits=digits)
+
+
+def read_published(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """published.json of a folder `taskonomy published` made (what it imported, from where); None elsewhere."""
+    path = RunFolder(run_dir).published
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+        if not isinstance(doc, dict) or "images" not in doc:
+            raise ValueError("not an object with 'images'")
+        return doc
+    except (OSError, ValueError) as err:
+        raise TaskonomyError(f"{path} is unreadable ({err}); make the folder again with `taskonomy published "
+                             f"--run-dir {Path(run_dir)}`") from None
 
 
 def read_affinity_ci(run_dir: str | os.PathLike) -> list[dict[str, Any]]:

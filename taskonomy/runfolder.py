@@ -60,6 +60,13 @@ FILES = {
     "evaluation_taxonomies": "evaluation_taxonomies.png",
     "budget_taxonomies": "budget_taxonomies.json",  # the taxonomies `evaluate` draws at a few budgets
     "run_timings": "run_timings.json",
+    "published": "published.json",  # `taskonomy published`: what it imported from the release, from which files
+    "published_skipped": "published_skipped.csv",  # ... every key it did not import, with the reason
+    "wins_vs_task": "wins_vs_task.csv",  # published win rates against the task-specific network
+    "wins_vs_pixels": "wins_vs_pixels.csv",  # ... and against the network trained from pixels
+    "compare_csv": "compare.csv",  # `taskonomy compare`: per-target agreement of two runs
+    "compare_json": "compare.json",
+    "compare_figure": "compare.png",
     "report": "report",
 }
 # Which command rebuilds each store (for one-line errors).

@@ -6,6 +6,8 @@ Gain = win rate of the chosen transfer against scratch (the same readout trained
 split), quality = win rate against full supervision (the target's own stage I network), over the test
 images; ties count for neither. A target that the policy supervises itself gets gain = win rate of full
 against scratch and quality 0.5 (self against self, the original release's convention). Pure NumPy.
+A folder of the published results has no losses: `published_scores` reads the release's win rates instead
+(gain = wins_vs_pixels, quality = wins_vs_task of the chosen transfer).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from taskonomy.artifacts import TargetLosses
 from taskonomy.taxonomy.bip import Problem, Transfer, solve
 
 __all__ = [
-    "QUALITY_LEVELS", "SweepPoint", "policy_scores", "supervision_saved", "sweep", "win_rate",
+    "QUALITY_LEVELS", "Scorer", "SweepPoint", "policy_scores", "published_scores", "supervision_saved", "sweep",
+    "win_rate",
 ]
 
 QUALITY_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.45, 0.5)  # average quality asked of a policy; 0.5 = as if all labelled
@@ -44,6 +47,25 @@ def policy_scores(policy: Mapping[str, str], losses: Mapping[str, TargetLosses])
             continue
         full = table.row("full") if "full" in table.transfers else None
         scores[target] = (win_rate(chosen, scratch), math.nan if full is None else win_rate(chosen, full))
+    return scores
+
+
+Scorer = Callable[[Mapping[str, str]], dict[str, tuple[float, float]]]  # policy -> (gain, quality) per target
+
+
+def published_scores(policy: Mapping[str, str], wins_vs_pixels: Mapping[str, Mapping[str, float]],
+                     wins_vs_task: Mapping[str, Mapping[str, float]],
+                     own: Mapping[str, str] | None = None) -> dict[str, tuple[float, float]]:
+    """(gain, quality) per target of `policy` from the release's win rates (target -> column -> rate). "full"
+    stands for the column in `own` (full, or t for the release's t__t); supervised by full, quality is 0.5."""
+    scores = {}
+    for target, name in policy.items():
+        column = (own or {}).get(target, name) if name == "full" else name
+        gains = wins_vs_pixels.get(target, {})
+        if column not in gains and column not in wins_vs_task.get(target, {}):
+            continue
+        quality = 0.5 if column == "full" else wins_vs_task.get(target, {}).get(column, math.nan)
+        scores[target] = (gains.get(column, math.nan), quality)
     return scores
 
 
@@ -76,14 +98,15 @@ def _nanmean(values: Iterable[float]) -> float:
 
 def sweep(make_problem: Callable[[float, int], Problem], budgets: Sequence[float], orders: Sequence[int],
           losses: Mapping[str, TargetLosses], *, solver: str = "cbc", time_limit: float = 60.0,
-          progress: Callable[[SweepPoint], None] | None = None) -> list[SweepPoint]:
-    """Solve the BIP at every (budget, max order) and score each policy on the test losses."""
+          progress: Callable[[SweepPoint], None] | None = None, scorer: Scorer | None = None) -> list[SweepPoint]:
+    """Solve the BIP at every (budget, max order) and score each policy on the test losses (or by `scorer`)."""
+    score = scorer or (lambda policy: policy_scores(policy, losses))
     points = []
     for order in orders:
         for budget in budgets:
             solution = solve(make_problem(budget, order), solver=solver, time_limit=time_limit)
             policy = solution.policy
-            scores = policy_scores({t: tr.name for t, tr in policy.items()}, losses) if policy else {}
+            scores = score({t: tr.name for t, tr in policy.items()}) if policy else {}
             point = SweepPoint(budget, order, solution.status, solution.objective, solution.supervised,
                                solution.label_cost, policy, scores)
             points.append(point)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,11 @@ from taskonomy.artifacts import TargetLosses
 from taskonomy.config import Config, TaxonomyConfig, _one_line
 from taskonomy.runfolder import RunFolder, save_figure, write_csv, write_json
 from taskonomy.taxonomy.bip import Problem, Solution, Transfer, all_for_one, explain_infeasible, solve
-from taskonomy.taxonomy.evaluate import QUALITY_LEVELS, SweepPoint, policy_scores, supervision_saved, sweep
+from taskonomy.taxonomy.evaluate import (QUALITY_LEVELS, Scorer, SweepPoint, policy_scores, published_scores,
+                                         supervision_saved, sweep)
 
-__all__ = ["Affinity", "make_problem", "read_affinity", "read_losses", "report_budgets", "run_all_for_one",
-           "run_evaluate", "run_solve", "solve_policy", "sweep_policies", "with_overrides"]
+__all__ = ["Affinity", "make_problem", "published_scorer", "read_affinity", "read_losses", "report_budgets",
+           "run_all_for_one", "run_evaluate", "run_solve", "solve_policy", "sweep_policies", "with_overrides"]
 
 def _controls() -> set[str]:
     return {t.name for t in registry.all_tasks() if t.group == "control"}
@@ -45,6 +46,9 @@ class Affinity:
     targets: list[str]
     transfers: list[Transfer]
     sources: list[str]
+    # target -> the column its hyperedge ({t}, t) stands for: "full", or in a published folder t itself (the
+    # release's t__t, a readout on t's own encoder) where that scored higher; both need t's labels
+    own: dict[str, str] = field(default_factory=dict)
 
 
 def _registry_order(names: set[str]) -> list[str]:
@@ -56,16 +60,21 @@ def read_affinity(run_dir: Path) -> Affinity:
     """affinity.csv (taskonomy.artifacts reads and checks it) as the BIP's hyperedges: every tried transfer but
     scratch, `full` as the target supervising itself."""
     table = artifacts.read_affinity(run_dir)
-    transfers = []
+    best: dict[tuple[tuple[str, ...], str], tuple[float, str]] = {}
     for target in table.targets:
         for column, value in table.row(target).items():
-            if column != "scratch":
-                transfers.append(Transfer((target,) if column == "full" else tuple(column.split("+")), target, value))
+            if column == "scratch":
+                continue
+            edge = ((target,) if column in ("full", target) else tuple(column.split("+")), target)
+            if edge not in best or value > best[edge][0]:  # full and t__t: one hyperedge, the better of the two
+                best[edge] = (value, column)
+    transfers = [Transfer(sources, target, value) for (sources, target), (value, _) in best.items()]
+    own = {target: column for (sources, target), (_, column) in best.items() if sources == (target,)}
     sources = {s for c in table.transfers if c not in artifacts.BASELINES for s in c.split("+")}
     # a target with a `full` transfer was supervised in stage I: a source too, even when nothing else reads it
     # (a dictionary of one task has no other column naming it)
     sources |= {tr.target for tr in transfers if tr.sources == (tr.target,) and _may_be_supervised(tr.target)}
-    return Affinity(table.path, list(table.targets), transfers, _registry_order(sources))
+    return Affinity(table.path, list(table.targets), transfers, _registry_order(sources), own)
 
 
 def _may_be_supervised(name: str) -> bool:
@@ -73,6 +82,15 @@ def _may_be_supervised(name: str) -> bool:
         return registry.get(name).is_source
     except TaskonomyError:  # not in the dictionary: a target added from the cache, never supervised
         return False
+
+
+def published_scorer(run_dir: Path, affinity: Affinity) -> Scorer | None:
+    """In a folder of the published results: score policies by the release's win rates (None elsewhere)."""
+    if artifacts.read_published(run_dir) is None:
+        return None
+    pixels, task = (artifacts.read_win_rates(run_dir, kind) for kind in ("wins_vs_pixels", "wins_vs_task"))
+    rows = {kind: {t: table.row(t) for t in table.targets} for kind, table in (("pixels", pixels), ("task", task))}
+    return lambda policy: published_scores(policy, rows["pixels"], rows["task"], affinity.own)
 
 
 def read_losses(run_dir: Path, targets: Sequence[str]) -> dict[str, TargetLosses]:
@@ -146,12 +164,13 @@ def sweep_policies(config: Config, run_dir: Path, max_order: int | None = None,
     top = max_order or cfg.max_order
     affinity = read_affinity(run_dir)
     probe = make_problem(affinity, cfg, 0.0, top)
-    losses = read_losses(run_dir, probe.targets)
-    if not losses:
+    scorer = published_scorer(run_dir, affinity)  # a published folder: the release's win rates, no losses
+    losses = {} if scorer else read_losses(run_dir, probe.targets)
+    if not losses and not scorer:
         raise TaskonomyError(f"no target of {RunFolder(run_dir).transfers} is complete; nothing to evaluate")
     budgets = [float(b) for b in (budgets or range(1, len(probe.sources) + 1))]
     points = sweep(lambda b, k: make_problem(affinity, cfg, b, k), budgets, list(range(1, top + 1)), losses,
-                   solver=cfg.solver, time_limit=cfg.time_limit, progress=progress)
+                   solver=cfg.solver, time_limit=cfg.time_limit, progress=progress, scorer=scorer)
     if not any(p.policy for p in points):
         problem = make_problem(affinity, cfg, budgets[-1], top)
         raise TaskonomyError(f"infeasible at every budget up to {budgets[-1]:g}: "
@@ -159,8 +178,11 @@ def sweep_policies(config: Config, run_dir: Path, max_order: int | None = None,
     return points, probe, losses
 
 
-def _policy_doc(problem: Problem, policy: dict[str, Transfer]) -> dict[str, Any]:
-    return {t: {"transfer": tr.name, "sources": list(tr.sources), "order": tr.order, "affinity": tr.affinity,
+def _policy_doc(problem: Problem, policy: dict[str, Transfer], own: dict[str, str]) -> dict[str, Any]:
+    """Per target its transfer; `column` names the affinity column (in a published folder, ({t}, t) may be the
+    release's t__t, column t, rather than full)."""
+    return {t: {"transfer": tr.name, "column": own.get(t, tr.name) if tr.name == "full" else tr.name,
+                "sources": list(tr.sources), "order": tr.order, "affinity": tr.affinity,
                 "importance": problem.importance_of(t)} for t, tr in policy.items()}
 
 
@@ -170,9 +192,10 @@ def run_solve(config: Config, run_dir: Path) -> tuple[Solution, list[Path]]:
 
     cfg = config.taxonomy
     problem, solution = solve_policy(config, run_dir)
+    own = read_affinity(run_dir).own if artifacts.read_published(run_dir) else {}
     doc = {"budget": cfg.budget, "max_order": cfg.max_order, "solver": cfg.solver, "status": solution.status,
            "objective": solution.objective, "label_cost": solution.label_cost,
-           "supervised": list(solution.supervised), "policy": _policy_doc(problem, solution.policy),
+           "supervised": list(solution.supervised), "policy": _policy_doc(problem, solution.policy, own),
            "sources": list(problem.sources), "targets": list(problem.targets), "seconds": round(solution.seconds, 4)}
     title = (f"Taxonomy: budget {cfg.budget:g}, max order {cfg.max_order}, {len(solution.supervised)} supervised, "
              f"objective {solution.objective:.3f} ({solution.status})")
@@ -194,7 +217,8 @@ def run_evaluate(config: Config, run_dir: Path, *, max_order: int | None = None,
     orders = list(range(1, top + 1))
     rows = [[p.budget, p.max_order, t, tr.name, *p.scores.get(t, (math.nan, math.nan))]
             for p in points for t, tr in p.policy.items()]
-    evaluated = [t for t in probe.targets if t in losses]
+    scored = {t for p in points for t in p.scores}
+    evaluated = [t for t in probe.targets if t in losses or t in scored]
     saved = supervision_saved(points, len(probe.targets), levels)
     summary = [{"budget": p.budget, "max_order": p.max_order, "status": p.status, "objective": p.objective,
                 "label_cost": p.label_cost, "supervised": list(p.supervised),
@@ -260,13 +284,15 @@ def run_all_for_one(config: Config, run_dir: Path, target: str, supervised: Sequ
         supervised = _supervised_from_taxonomy(run_dir)
     _check_known([s for s in supervised if s != target], affinity.sources, "--supervised", affinity.path, "a source")
     losses: dict[str, TargetLosses] = {}
-    if (RunFolder(run_dir).transfers).exists():
+    scorer = published_scorer(run_dir, affinity)
+    if scorer is None and (RunFolder(run_dir).transfers).exists():
         losses = read_losses(run_dir, [target])
+    score = scorer or (lambda policy: policy_scores(policy, losses))
     top = max_order or config.taxonomy.max_order
     rows, best = [], None
     for order in range(1, top + 1):
         best = all_for_one(affinity.transfers, target, supervised, order)
-        gain, quality = policy_scores({target: best.name}, losses).get(target, (math.nan,) * 2) if best else (
+        gain, quality = score({target: best.name}).get(target, (math.nan,) * 2) if best else (
             math.nan, math.nan)
         rows.append({"max_order": order, "transfer": best.name if best else None,
                      "sources": list(best.sources) if best else [], "affinity": best.affinity if best else None,
@@ -277,7 +303,7 @@ def run_all_for_one(config: Config, run_dir: Path, target: str, supervised: Sequ
     title = (f"All-for-one: {target} <- {best.name}, the best among {len(supervised)} supervised sources "
              f"(max order {top})")
     used = [s for s in supervised if s in best.sources]
-    figure = taxonomy_figure(used, {target: best}, title, policy_scores({target: best.name}, losses))
+    figure = taxonomy_figure(used, {target: best}, title, score({target: best.name}))
     return rows, [write_json(RunFolder(run_dir).all_for_one(target, "json"), doc),
                   save_figure(RunFolder(run_dir).all_for_one(target, "png"), figure)]
 
