@@ -29,7 +29,7 @@ from taskonomy.store import (bytes_per_image, chunk_length, create_image_array, 
                              open_for_writing)
 
 __all__ = ["GENERATOR_VERSION", "build_data", "data_hash", "generate_images", "make_splits", "open_data",
-           "plan_arrays", "write_arrays"]
+           "plan_arrays"]
 
 GENERATOR_VERSION = "2"  # 2: colorization labels are chroma bins
 DERIVED_INPUTS = ("gray", "noisy", "masked", "permuted")
@@ -210,20 +210,6 @@ def _write_chunk(group: zarr.Group, c: int, lo: int, hi: int, block: dict[str, n
     group.attrs["chunks_done"] = sorted({*group.attrs.get("chunks_done", []), c})
 
 
-def write_arrays(path: str | Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
-    """Write whole in-memory arrays (e.g. read from a Taskonomy folder) as a complete store at `path`."""
-    per_image = {k: v for k, v in arrays.items() if not k.startswith("splits/")}
-    n = {v.shape[0] for v in per_image.values()}
-    if len(n) != 1:
-        raise TaskonomyError(f"arrays for {path} disagree on the number of images: {sorted(n)}")
-    chunk = chunk_length(max(bytes_per_image(v.shape, v.dtype) for v in per_image.values()), n.pop())
-    group = open_for_writing(path, {**attrs, "chunk_images": chunk})
-    for name, values in arrays.items():
-        step = chunk if name in per_image else max(1, len(values))
-        create_image_array(group, name, values.shape, str(values.dtype), step)[:] = values
-    mark_complete(group)
-
-
 def open_data(path: str | Path, config: Config | None = None) -> zarr.Group:
     """data.zarr, read-only, refusing an incomplete or unreadable store, or one generated from another config."""
     data = open_complete(path, "taskonomy data")
@@ -241,5 +227,7 @@ def open_data(path: str | Path, config: Config | None = None) -> zarr.Group:
 
 
 def data_hash(data: zarr.Group) -> str:
-    """What identifies a data.zarr to later stages: its config hash, or the folder it was imported from."""
-    return str(data.attrs.get("config_hash", data.attrs.get("imported_from", "")))
+    """What identifies a data.zarr to later stages: its config hash, or for imported data the hash of its content
+    (scenes/_import.py; stores imported before content hashes: the folder they came from)."""
+    attrs = data.attrs
+    return str(attrs.get("config_hash", attrs.get("content_hash", attrs.get("imported_from", ""))))

@@ -13,7 +13,8 @@ from PIL import Image
 
 from taskonomy import TaskonomyError, TaskonomyWarning
 from taskonomy import tasks as registry
-from taskonomy.scenes.taskonomy_format import EXPORT_FILE, encoding_for, export_taskonomy, read_taskonomy
+from taskonomy.scenes.taskonomy_format import EXPORT_FILE, encoding_for, export_taskonomy
+from taskonomy.scenes.taskonomy_read import read_taskonomy
 from taskonomy.store import create_image_array, mark_complete, open_for_writing
 
 N_SCENES, VIEWS, SIZE = 3, 2, 16
@@ -104,7 +105,7 @@ def test_export_layout_and_encodings(store, exported):
 
 
 def test_round_trip(store, exported, tmp_path):
-    assert read_taskonomy(exported, tmp_path / "back.zarr", progress=False) == N
+    assert read_taskonomy(exported, tmp_path / "back.zarr", progress=False) == "imported"
     a, b = zarr.open_group(str(store), mode="r"), zarr.open_group(str(tmp_path / "back.zarr"), mode="r")
     assert b.attrs["complete"] and b.attrs["image_size"] == SIZE and "config_hash" not in b.attrs
     assert set(b.attrs["tasks"]) == set(a.attrs["tasks"])
@@ -139,15 +140,17 @@ def test_other_orderings_and_aliases(exported, tmp_path, ordering):
     read_taskonomy(exported, tmp_path / "ref.zarr", progress=False)
     folder = _reorder(exported, tmp_path / ordering, ordering, {"depth_zbuffer": "rgb2depth", "normal": "rgb2sfnorm"})
     assert read_taskonomy(folder, tmp_path / "b.zarr", tasks=["rgb2depth", "normal", "class_scene", "egomotion"],
-                          progress=False) == N
+                          progress=False) == "imported"
     ref, b = zarr.open_group(str(tmp_path / "ref.zarr"), mode="r"), zarr.open_group(str(tmp_path / "b.zarr"), mode="r")
     assert sorted(b["labels"].array_keys()) == ["class_scene", "depth_zbuffer", "egomotion", "normal"]
     assert list(b["views"].array_keys()) == ["egomotion"]
     for name in ("images/rgb", "views/egomotion", "labels/depth_zbuffer", "labels/normal", "labels/class_scene"):
         np.testing.assert_array_equal(b[name][:], ref[name][:], err_msg=name)
-    # without taskonomy_export.json the splits are unknown: everything is train
-    np.testing.assert_array_equal(b["splits/train"][:], np.arange(N))
-    assert "splits/test" not in b
+    # without taskonomy_export.json: split by building (1 of 3 held out, 1 of the other 2 for the readouts)
+    scene = b["meta/scene"][:]
+    train, transfer, test = (set(scene[b[f"splits/{k}"][:]].tolist()) for k in ("train", "transfer", "test"))
+    assert len(test) == 1 and len(train) == 2 and not train & test and len(transfer) == 1 and transfer <= train
+    assert b.attrs["content_hash"] != ref.attrs["content_hash"]
 
 
 def test_resize(exported, tmp_path):
