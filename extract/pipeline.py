@@ -44,8 +44,9 @@ def trained_tasks(config: Config, data_tasks: list[str]) -> list[str]:
 
 
 def source_names(config: Config, data_tasks: list[str]) -> list[str]:
-    """Every source of the feature cache: trained tasks, the controls, then loaded Taskonomy encoders."""
-    return [*trained_tasks(config, data_tasks), *CONTROLS, *config.extract.taskonomy_encoders]
+    """Every source of the feature cache: trained tasks, the controls, then loaded pretrained encoders."""
+    return [*trained_tasks(config, data_tasks), *CONTROLS, *config.extract.taskonomy_encoders,
+            *config.extract.encoders]
 
 
 def _model_hash(config: Config, data_hash: str, task: str) -> str:
@@ -148,6 +149,7 @@ def build_sources(config: Config, run_dir: Path, names: list[str], size: int, de
                   data_stamp: str | None = None) -> list[Source]:
     """The frozen encoders named `names`, each with the hash of what defines it; with `data_stamp` (the data's
     hash), a stage I checkpoint trained for another config, data or code version is refused."""
+    from taskonomy.extract.encoders import encoder_source
     from taskonomy.extract.visualpriors import load_taskonomy_encoder, preprocess
 
     sources, any_rgb_task = [], registry.get("autoencoding")
@@ -160,6 +162,8 @@ def build_sources(config: Config, run_dir: Path, names: list[str], size: int, de
         elif name == "pixels":
             hw = sources[0].shape[1:] if sources else (size // 8, size // 8)
             sources.append(_pixels_source(size, hw))
+        elif name in config.extract.encoders:
+            sources.append(encoder_source(name, config.extract.encoders[name], device))
         elif name in config.extract.taskonomy_encoders:
             path = Path(config.extract.taskonomy_encoders[name])
             resize = config.extract.taskonomy_size

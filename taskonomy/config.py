@@ -16,17 +16,17 @@ import json
 import re
 from pathlib import Path
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from taskonomy import TaskonomyError
 from taskonomy import tasks as registry
 
-__all__ = ["AhpConfig", "Config", "DataConfig", "EPHEMERAL", "ExtractConfig", "SplitConfig", "STAGES",
-           "TaxonomyConfig", "TrainConfig", "TransferConfig", "changed_keys", "content_hash", "flat_keys",
-           "load_config", "parse_setting", "stage_of"]
+__all__ = ["AhpConfig", "Config", "DataConfig", "ENCODER_KINDS", "EPHEMERAL", "EncoderConfig", "ExtractConfig",
+           "SplitConfig", "STAGES", "TaxonomyConfig", "TrainConfig", "TransferConfig", "changed_keys", "content_hash",
+           "encoder_entry", "flat_keys", "load_config", "parse_setting", "stage_of"]
 
 # The main job's tasks (configs/default.yaml): the 21 single-image tasks; the multi-view ones need the GPU run.
 DEFAULT_TASKS = ("autoencoding", "denoising", "colorization", "inpainting", "jigsaw", "edge_texture", "keypoints2d",
@@ -115,6 +115,56 @@ class TrainConfig(_Strict):
         return _registered(value, "task")
 
 
+EncoderKind = Literal["visualpriors", "export", "torchscript", "timm", "torchvision"]
+ENCODER_KINDS: tuple[str, ...] = get_args(EncoderKind)
+
+
+class EncoderConfig(_Strict):
+    """A pretrained frozen encoder as a source (extract/encoders.py): its kind, local file and input. Unset input
+    settings take the kind's defaults: 256 px and [-1, 1] for visualpriors, 224 px and ImageNet's mean/std else."""
+
+    kind: EncoderKind
+    file: str = Field(description="local path: a .pt2 program, a TorchScript file or a weights file; never fetched")
+    sha256: str | None = Field(None, description="hex prefix (8-64 digits) the file's sha256 must start with")
+    input_size: int | None = Field(None, ge=16, le=1024, description="images are resized to this square size")
+    mean: tuple[float, float, float] | None = Field(None, description="per-channel mean of [0, 1] RGB inputs")
+    std: tuple[float, float, float] | None = Field(None, description="per-channel std of [0, 1] RGB inputs")
+    output: int | str | None = Field(None, description="index or key into a tuple/dict output (timm: feature level)")
+    model: str | None = Field(None, description="timm/torchvision architecture name, e.g. resnet50")
+    layer: str | None = Field(None, description="timm/torchvision: the named module whose output is cached")
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_prefix(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-f]{8,64}", value.lower()):
+            raise ValueError(f"expected 8 to 64 hex digits of the file's sha256, got {value!r}")
+        return None if value is None else value.lower()
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, value: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if value is not None and not all(v > 0 for v in value):
+            raise ValueError(f"expected three standard deviations > 0, got {list(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _model_and_layer_for_backbones(self) -> EncoderConfig:
+        backbone = self.kind in ("timm", "torchvision")
+        if backbone != (self.model is not None):
+            raise ValueError("a timm or torchvision encoder names its model (e.g. resnet50); the other kinds do not")
+        if self.layer is not None and not backbone:
+            raise ValueError("only timm and torchvision encoders take a layer; export the layer's output instead")
+        return self
+
+
+def encoder_entry(raw: dict[str, Any], source: str) -> EncoderConfig:
+    """One encoder entry validated like a config file's, a bad value refused in one line naming `source`."""
+    try:
+        return EncoderConfig.model_validate(raw)
+    except ValidationError as err:
+        raise TaskonomyError(_one_line(err, source).replace(": <root>:", ":", 1)) from None
+
+
 class ExtractConfig(_Strict):
     """The feature cache: every frozen encoder run once over every split."""
 
@@ -123,6 +173,8 @@ class ExtractConfig(_Strict):
     taskonomy_encoders: dict[str, str] = Field(
         default_factory=dict, description="extra sources: name -> local path of a visualpriors encoder checkpoint")
     taskonomy_size: int = Field(256, ge=16, le=1024, description="input size of those encoders (they expect 256)")
+    encoders: dict[str, EncoderConfig] = Field(
+        default_factory=dict, description="extra sources: name -> a pretrained encoder of any kind (EncoderConfig)")
 
     @field_validator("taskonomy_size")
     @classmethod
@@ -131,14 +183,16 @@ class ExtractConfig(_Strict):
             raise ValueError(f"expected a multiple of 16 (the ResNet-50 trunk downsamples by 16), got {value}")
         return value
 
-    @field_validator("taskonomy_encoders")
+    @field_validator("taskonomy_encoders", "encoders")
     @classmethod
-    def _names_are_store_paths(cls, value: dict[str, str]) -> dict[str, str]:
+    def _names_are_store_paths(cls, value: dict[str, Any], info) -> dict[str, Any]:
         for name in value:
             try:
                 registry.validate_name(name)
             except registry.TaskonomyError as err:
                 raise ValueError(str(err)) from None
+            if info.field_name == "encoders" and name in info.data.get("taskonomy_encoders", {}):
+                raise ValueError(f"{name!r} is also in extract.taskonomy_encoders; a source has one encoder")
         return value
 
 
