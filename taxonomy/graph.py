@@ -26,7 +26,7 @@ from matplotlib.patches import FancyArrowPatch, Patch
 from taskonomy.taxonomy.bip import Transfer
 from taskonomy.taxonomy.evaluate import SweepPoint
 
-__all__ = ["draw_taxonomy", "evaluation_figure", "taxonomy_figure", "taxonomy_grid_figure"]
+__all__ = ["draw_taxonomy", "evaluation_figure", "similarity_trees_figure", "taxonomy_figure", "taxonomy_grid_figure"]
 
 _FULL, _SOURCE, _TARGET = "#1f4e8c", "#8fb4e3", "#e8e8e8"  # supervised and solved fully / supervised source / target
 _ORDER_COLOURS = ("#555555", "#d1495b", "#2e933c", "#7b4fb0", "#e08a00")
@@ -197,3 +197,28 @@ def _heatmap(fig: Figure, ax: Axes, points: Sequence[SweepPoint], targets: Seque
     ax.set_xticks(range(0, len(budgets), step), [f"{b:g}" for b in budgets[::step]], fontsize=7)
     ax.set_xlabel("supervision budget", fontsize=8)
     fig.colorbar(image, ax=ax, fraction=0.04)
+
+
+def similarity_trees_figure(trees: Sequence[np.ndarray], tasks: Sequence[str], names: Sequence[str],
+                            correlation: float) -> Figure:
+    """Two task-similarity trees (scipy linkage matrices over the same tasks) facing each other, as the paper's
+    task tree: the left one's leaves on its right, the right one's on its left."""
+    from scipy.cluster.hierarchy import dendrogram
+
+    fig = Figure(figsize=(11, max(3.5, 0.28 * len(tasks) + 1.5)))
+    axes = fig.subplots(1, 2)
+    for ax, tree, name, side in zip(axes, trees, names, ("left", "right")):
+        if len(tree):
+            dendrogram(tree, labels=list(tasks), orientation=side, ax=ax, color_threshold=0,
+                       above_threshold_color="#1f4e8c", leaf_font_size=8)
+        else:
+            ax.text(0.5, 0.5, "fewer than 3 common tasks", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(name, fontsize=10)
+        ax.tick_params(axis="x", labelsize=7)
+        for spine in ("top", "left", "right"):
+            ax.spines[spine].set_visible(False)
+    shown = "n/a" if math.isnan(correlation) else f"{correlation:.2f}"
+    fig.suptitle(f"Task-similarity trees (average linkage of first-order affinities); cophenetic correlation "
+                 f"{shown}", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -104,7 +104,7 @@ def test_report_of_a_real_run_holds_every_table_and_picture(reported):
     _, run_dir = reported
     index = run_dir / REPORT_DIR / "index.html"
     page = Page(index)
-    assert page.sections == ["data", "stage1", "affinity", "top", "taxonomy", "evaluation", "metadata"]
+    assert page.sections == ["data", "stage1", "affinity", "top", "published", "taxonomy", "evaluation", "metadata"]
     # pictures: copied or rendered into report/, referenced by bare file names, so the folder moves as a unit
     assert set(page.images) == REAL_IMAGES and len(page.images) == len(REAL_IMAGES)
     for src in page.images:
