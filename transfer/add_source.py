@@ -67,8 +67,9 @@ def add_source(config: Config, run_dir: str | Path, name: str, encoder: str | Pa
     """
     from taskonomy.extract.pipeline import extract_all
     from taskonomy.store import open_complete
-    from taskonomy.transfer.stage import run_transfer
+    from taskonomy.transfer.stage import require_scheduler, run_transfer
 
+    require_scheduler(config)
     run = RunFolder(run_dir)
     open_complete(run.transfers, REBUILD["transfers"])  # a finished run, or a one-line error naming the store
     config = with_source(config, run.path, name, encoder)

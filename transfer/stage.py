@@ -233,6 +233,14 @@ def _targets(config: Config, run: RunFolder, data_tasks: list[str], data_id: str
     return names, added
 
 
+def require_scheduler(config: Config) -> None:
+    """A configured scheduler needs the optional distributed package: refused in one line before any work."""
+    import importlib.util
+
+    if config.transfer.scheduler and importlib.util.find_spec("distributed") is None:
+        raise TaskonomyError("transfer.scheduler needs the distributed package: pip install -e '.[distributed]'")
+
+
 def run_transfer(config: Config, run_dir: str | Path, force: bool = False, progress: bool = True,
                  only: list[str] | None = None) -> TransferOutcome:
     """Fill transfers.zarr for every target (or the targets `only`, leaving the others as they are)."""
@@ -242,6 +250,7 @@ def run_transfer(config: Config, run_dir: str | Path, force: bool = False, progr
     from taskonomy.torchutil import fit_scaler, resolve_device
     from taskonomy.scenes.dataset import data_hash, open_data
 
+    require_scheduler(config)
     run = RunFolder(run_dir)
     data = open_data(run.data, config)
     data_tasks, data_id = list(data.attrs["tasks"]), data_hash(data)
