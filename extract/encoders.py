@@ -210,6 +210,9 @@ def _load_backbone(entry: EncoderConfig, path: Path, what: str) -> tuple[Callabl
     except ImportError:
         raise TaskonomyError(f"{what}: kind {entry.kind!r} needs the {entry.kind} package; {_BACKBONES_HINT}") \
             from None
+    except Exception as error:  # a torchvision built for another torch fails to register its operators
+        raise TaskonomyError(f"{what}: {entry.kind} does not import beside torch {torch.__version__} "
+                             f"({_first_line(error)}); install the pair built for each other") from None
     selector = entry.output
     try:
         if entry.kind == "timm":

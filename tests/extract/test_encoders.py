@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import sys
+import types
 import warnings
 
 import numpy as np
@@ -169,6 +171,40 @@ def test_backbones_need_their_extra(files):
     entry = EncoderConfig(kind="timm", file=str(files["script"]), model="resnet50")
     _one_line(r"needs the timm package; install the optional extra: pip install -e '.\[backbones\]'",
               load_encoder, "r50", entry)
+
+
+class Pyramid(TwoOutputs):
+    """What timm's features_only models return: a list of maps, finest first."""
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.relu(self.body.a(x)), self.body(x)]
+
+
+def test_timm_and_torchvision_entries_through_stand_in_packages(monkeypatch, images, tmp_path):
+    """The backbones extra is not installed here: stand-in modules with the two calls the loader makes check
+    the weights file, features_only's last level and a named layer's output."""
+    built = []
+
+    def create_model(name, pretrained, features_only):
+        assert not pretrained and features_only  # never a download; no layer named: the feature pyramid
+        built.append(name)
+        return Pyramid()
+
+    monkeypatch.setitem(sys.modules, "timm", types.SimpleNamespace(create_model=create_model))
+    monkeypatch.setitem(sys.modules, "torchvision", types.SimpleNamespace(models=types.SimpleNamespace(
+        get_model=lambda name, weights: TwoOutputs())))
+    weights = tmp_path / "weights.pth"
+    torch.save({"state_dict": _model(Pyramid).state_dict()}, weights)
+    timm_entry = _entry("timm", weights, model="resnet50")
+    torch.testing.assert_close(load_encoder("t", timm_entry)[0].encode(images), _expected(images))
+    assert built == ["resnet50"]
+    tv_entry = _entry("torchvision", weights, model="resnet50", layer="body")
+    torch.testing.assert_close(load_encoder("v", tv_entry)[0].encode(images), _expected(images))
+    _one_line("resnet50 has no layer 'head'", load_encoder, "v", tv_entry.model_copy(update={"layer": "head"}))
+    other = tmp_path / "other.pth"
+    torch.save(_model(ConvNet).state_dict(), other)
+    _one_line(r"other.pth does not fit resnet50: 4 missing keys, 4 unexpected", load_encoder, "v",
+              tv_entry.model_copy(update={"file": str(other)}))
 
 
 def _features(run) -> zarr.Group:
