@@ -57,6 +57,22 @@ class _Domain:
     def path(self, key: Key) -> Path:
         return self.folders[key[0]] / f"point_{key[1]}_view_{key[2]}_domain_{self.name}{self.ext}"
 
+    def located(self) -> _Domain:
+        """The same files without their keys: what the reader keeps once the images are chosen."""
+        return _Domain(self.name, self.ext, self.folders)
+
+
+@dataclass
+class _Source:
+    """The PNGs of one array: a domain, the second views of a pair task (image -> view), the label encoding."""
+
+    domain: _Domain
+    views: dict[Key, Key] | None = None
+    encoding: Encoding | None = None  # None: an image
+
+    def paths(self, keys: list[Key]) -> list[Path]:
+        return [self.domain.path(self.views[k] if self.views is not None else k) for k in keys]
+
 
 @dataclass
 class _Infos:
@@ -109,7 +125,8 @@ def plan_taskonomy(folder: str | Path, size: int | None = None, tasks: list[str]
         images = [every[i] for i in round_robin(list(by_building.values()), limit)]
         del every, seconds
         files = _png_files(chosen, domains, infos, images, meta)
-        s = _check_headers(files, size, pool)
+        s = _check_headers(files, images, size, pool)
+        del domains  # the keys of every file: from here on, one key per chosen image
     for task in chosen:
         if task.head != "dense":
             _check_globals(task, infos, images)
@@ -122,7 +139,7 @@ def plan_taskonomy(folder: str | Path, size: int | None = None, tasks: list[str]
     n = len(images)
     arrays = {name: ((n, 3, s, s), "uint8") if enc is None else ((n, *_task_of(name).label_shape(s)),
                                                                   _task_of(name).store_dtype)
-              for name, (_, enc) in files.items()}
+              for name, enc in ((k, v.encoding) for k, v in files.items())}
     arrays.update({f"labels/{t.name}": ((n, *t.label_shape(0)), t.store_dtype) for t in chosen if t.head != "dense"})
     arrays.update({"meta/scene": ((n,), "int32"), "meta/point": ((n,), "int32")})
     attrs = {k: v for k, v in meta.get("attrs", {}).items() if k not in _STORE_KEYS_DROPPED}
@@ -134,14 +151,16 @@ def plan_taskonomy(folder: str | Path, size: int | None = None, tasks: list[str]
     key = content_hash("taskonomy-folder", attrs, listing, sorted(files), {k: v.tolist() for k, v in split.items()})
     plan = ImportPlan(arrays, split, attrs, key, chunk_images)
     globals_ = [t for t in chosen if t.head != "dense"]
+    info_domain = infos.domain.located() if globals_ else None
+    del infos
 
     def read(lo: int, hi: int, pool: ThreadPoolExecutor) -> dict[str, np.ndarray]:
         block = {}
-        for name, (paths, enc) in files.items():
-            dtype = plan.arrays[name][1]
-            block[name] = np.stack(list(pool.map(partial(_read_png, enc=enc, size=s, dtype=dtype), paths[lo:hi])))
+        for name, source in files.items():
+            load = partial(_read_png, enc=source.encoding, size=s, dtype=plan.arrays[name][1])
+            block[name] = np.stack(list(pool.map(load, source.paths(images[lo:hi]))))
         if globals_:
-            info_files = [infos.domain.path(k) for k in images[lo:hi]]
+            info_files = [info_domain.path(k) for k in images[lo:hi]]
             loaded = [_aliased(x) for x in pool.map(_load_json, info_files)]
             for t in globals_:
                 block[f"labels/{t.name}"] = np.stack([_global_value(t, x[t.name]) for x in loaded])
@@ -284,10 +303,10 @@ def _matching(domain: _Domain, images: list[Key]) -> None:
 
 
 def _png_files(chosen: list[registry.Task], domains: dict[str, _Domain], infos: _Infos, images: list[Key],
-               meta: dict[str, Any]) -> dict[str, tuple[list[Path], Encoding | None]]:
-    """Array name -> (its PNG of each image, the label encoding or None for images)."""
+               meta: dict[str, Any]) -> dict[str, _Source]:
+    """Array name -> where its PNGs are (checked: every chosen image has one)."""
     rgb = domains["rgb"]
-    files: dict[str, tuple[list[Path], Encoding | None]] = {"images/rgb": ([rgb.path(k) for k in images], None)}
+    files = {"images/rgb": _Source(rgb.located())}
     for task in chosen:
         if task.head == "pair":
             views = infos.second.get(task.name, {})
@@ -296,11 +315,11 @@ def _png_files(chosen: list[registry.Task], domains: dict[str, _Domain], infos: 
                     what = f"{_file_name(views[k], 'rgb')}.png is missing" if k in views else \
                         f"{_file_name(k, 'point_info')}.json names none"
                     raise TaskonomyError(f"task {task.name}: no second view: {what}")
-            files[f"views/{task.name}"] = ([rgb.path(views[k]) for k in images], None)
+            files[f"views/{task.name}"] = _Source(rgb.located(), {k: views[k] for k in images})
         elif task.head == "dense":
             domain = domains[task.name]
             enc = _reading_encoding(task, domain.name, meta)
-            files[f"labels/{task.name}"] = ([domain.path(k) for k in images], enc)
+            files[f"labels/{task.name}"] = _Source(domain.located(), None, enc)
     return files
 
 
@@ -327,13 +346,15 @@ def _reading_encoding(task: registry.Task, domain: str, meta: dict[str, Any]) ->
     return enc
 
 
-def _check_headers(files: dict[str, tuple[list[Path], Encoding | None]], size: int | None,
-                   pool: ThreadPoolExecutor) -> int:
+def _check_headers(files: dict[str, _Source], images: list[Key], size: int | None, pool: ThreadPoolExecutor) -> int:
     """Every PNG's mode and size, from its header only; the image size (`size`, else the first rgb's)."""
-    s = size or _open_png(files["images/rgb"][0][0], "RGB", None, "rgb").size[0]
-    for paths, enc in files.values():
+    s = size or _open_png(files["images/rgb"].paths(images[:1])[0], "RGB", None, "rgb").size[0]
+    for source in files.values():
+        enc = source.encoding
         mode, domain = ("RGB", "rgb") if enc is None else (enc.mode, enc.domain)
-        list(pool.map(partial(_open_png, mode=mode, size=None if size else s, domain=domain, load=False), paths))
+        check = partial(_open_png, mode=mode, size=None if size else s, domain=domain, load=False)
+        for lo in range(0, len(images), 4096):  # the paths of a few thousand images at a time
+            list(pool.map(check, source.paths(images[lo:lo + 4096])))
     return s
 
 

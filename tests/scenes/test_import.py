@@ -130,7 +130,7 @@ def test_from_arrays_matches_the_folder_and_runs(world, tmp_path):
         np.testing.assert_array_equal(store[name][:], gen[name][:], err_msg=name)
     assert store.attrs["buildings"] == sorted({f"house_{s}" for s in range(8)})
     assert len(_splits(tmp_path / "run" / "data.zarr")["test"]) == 2
-    for stage in ("train", "extract", "transfer"):
+    for stage in STAGES:
         assert cli(config, tmp_path / "run", stage) == 0, stage
 
 
