@@ -28,7 +28,7 @@ from taskonomy.scenes.scene import Buffers, Scene, pair_cameras, sample_camera, 
 from taskonomy.store import (bytes_per_image, chunk_length, create_image_array, mark_complete, open_complete,
                              open_for_writing)
 
-__all__ = ["GENERATOR_VERSION", "build_data", "data_hash", "generate_images", "make_splits", "open_data",
+__all__ = ["GENERATOR_VERSION", "build_data", "data_hash", "generate_images", "is_imported", "make_splits", "open_data",
            "plan_arrays"]
 
 GENERATOR_VERSION = "2"  # 2: colorization labels are chroma bins
@@ -224,6 +224,16 @@ def open_data(path: str | Path, config: Config | None = None) -> zarr.Group:
             raise TaskonomyError(f"{path} has no {split} images (array splits/{split} is missing or empty); the "
                                  f"stages need train, transfer and test images")
     return data
+
+
+def is_imported(path: str | Path) -> bool:
+    """True when `path` holds a complete store imported by `data --from-taskonomy` or `--from-arrays`: `data`
+    without them (as `taskonomy run` calls it) keeps it rather than refusing it for its missing config hash."""
+    try:
+        attrs = zarr.open_group(str(path), mode="r").attrs
+    except Exception:
+        return False
+    return bool(attrs.get("complete")) and "import_key" in attrs
 
 
 def data_hash(data: zarr.Group) -> str:

@@ -132,6 +132,9 @@ def test_from_arrays_matches_the_folder_and_runs(world, tmp_path):
     assert len(_splits(tmp_path / "run" / "data.zarr")["test"]) == 2
     for stage in STAGES:
         assert cli(config, tmp_path / "run", stage) == 0, stage
+    before = store_bytes(tmp_path / "run" / "data.zarr")
+    assert cli(config, tmp_path / "run", "data") == 0  # as `taskonomy run` calls it: the import is kept
+    assert store_bytes(tmp_path / "run" / "data.zarr") == before
 
 
 def test_from_arrays_resizes_and_accepts_float_images_and_zarr(world, tmp_path):
