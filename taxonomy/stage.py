@@ -294,7 +294,8 @@ def run_all_for_one(config: Config, run_dir: Path, target: str, supervised: Sequ
         best = all_for_one(affinity.transfers, target, supervised, order)
         gain, quality = score({target: best.name}).get(target, (math.nan,) * 2) if best else (
             math.nan, math.nan)
-        rows.append({"max_order": order, "transfer": best.name if best else None,
+        column = (affinity.own.get(target, "full") if best.name == "full" else best.name) if best else None
+        rows.append({"max_order": order, "transfer": best.name if best else None, "column": column,
                      "sources": list(best.sources) if best else [], "affinity": best.affinity if best else None,
                      "gain": _json_float(gain), "quality": _json_float(quality)})
     if best is None:

@@ -142,11 +142,11 @@ def test_solve_prints_the_papers_taxonomy(published_16k, tmp_path, capsys):
 
 def test_evaluate_scores_policies_by_the_published_win_rates(published_16k, tmp_path):
     run_dir = shutil.copytree(published_16k, tmp_path / "p")
-    assert taskonomy(run_dir, "evaluate", "--max-order", "2", "--sources", "denoising,normal,edge_texture") == 0
+    assert taskonomy(run_dir, "evaluate", "--max-order", "2", "--sources", "denoising,normal") == 0
     pixels, task = read_win_rates(run_dir, "wins_vs_pixels"), read_win_rates(run_dir, "wins_vs_task")
     with (run_dir / "evaluation.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert {r["budget"] for r in rows} == {"1", "2", "3"} and len(rows) == 3 * 2 * 22
+    assert {r["budget"] for r in rows} == {"1", "2"} and len(rows) == 2 * 2 * 22
     for row in rows:
         target, transfer = row["target"], row["transfer"]
         assert float(row["gain"]) == pytest.approx(pixels.row(target)[transfer], abs=1e-6)
@@ -174,6 +174,9 @@ def test_self_and_own_readout_are_one_hyperedge_that_needs_the_targets_labels(pu
     assert taskonomy(run_dir, "solve", "--budget", "3", "--max-order", "1") == 0
     doc = json.loads((run_dir / "taxonomy.json").read_text())
     assert "normal" in doc["supervised"] and doc["policy"]["normal"]["column"] == "normal"
+    assert taskonomy(run_dir, "all-for-one", "normal", "--supervised", "normal", "--max-order", "1") == 0
+    best = json.loads((run_dir / "all_for_one_normal.json").read_text())["best"]
+    assert (best["transfer"], best["column"], best["affinity"]) == ("full", "normal", full)
     # scored as the readout it is, not as the task-specific network
     scores = published_scores({"normal": "full"}, {"normal": {"full": 0.99, "normal": 0.98}},
                               {"normal": {"full": 0.5, "normal": 0.08}}, affinity.own)
