@@ -1,9 +1,10 @@
 """Throughput and peak memory of `data --from-taskonomy`, the streamed import of a Taskonomy folder.
 
-    .venv/bin/python benchmarks/bench_import.py [--size 64] [--images 2000] [--chunk-images 256] [--threads 2]
+    .venv/bin/python benchmarks/bench_import.py [--size 64] [--images 4000] [--chunk-images 64 256 0] [--threads 2]
 
 Generates a data set (5 tasks: depth, normals, semantic segmentation, edges, scene class), exports it in
-Taskonomy's layout without our export file (as a real subset comes), then imports it in a child process and
+Taskonomy's layout without our export file (as a real subset comes), then imports it in a child process (once per
+chunk length: the peak follows the chunk, not the number of images) and
 prints: images/s and files/s of the import, the child's peak resident memory above its resident size after
 imports (Linux: VmHWM, reset through /proc/self/clear_refs after the imports), the import's bound (two chunks of
 every array, scenes/_import.py) and the arrays' whole size, which the all-in-memory reader it replaces held at
@@ -53,8 +54,9 @@ print(json.dumps({"seconds": seconds, "planned": planned, "before_kb": before, "
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--chunk-images", type=int, default=256, help="0: the store module's policy")
+    parser.add_argument("--images", type=int, default=4000)
+    parser.add_argument("--chunk-images", type=int, nargs="+", default=[64, 256, 0],
+                        help="one import per value; 0: the store module's policy")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
@@ -79,19 +81,24 @@ def main() -> None:
         folder_mb = sum(p.stat().st_size for p in (tmp / "folder").rglob("*") if p.is_file()) / 1e6
         print(f"folder: {config.data.n_images} images at {args.size} px, {len(TASKS)} tasks, {files} files, "
               f"{folder_mb:.0f} MB of PNG/JSON (made in {time.perf_counter() - start:.0f} s)")
-        child = subprocess.run([sys.executable, "-c", _CHILD, str(tmp / "folder"), str(tmp / "data.zarr"),
-                                str(args.size), str(args.threads), str(args.chunk_images)],
-                               capture_output=True, text=True, check=True)
-        r = json.loads(child.stdout.strip().splitlines()[-1])
+        for chunk in args.chunk_images:
+            shutil.rmtree(tmp / "data.zarr", ignore_errors=True)
+            child = subprocess.run([sys.executable, "-c", _CHILD, str(tmp / "folder"), str(tmp / "data.zarr"),
+                                    str(args.size), str(args.threads), str(chunk)],
+                                   capture_output=True, text=True, check=True)
+            _report(json.loads(child.stdout.strip().splitlines()[-1]), files)
     finally:
         shutil.rmtree(tmp)
+
+
+def _report(r: dict, files: int) -> None:
     mb = 2**20
     peak = (r["after_kb"] - r["before_kb"]) / 1024
-    print(f"import: {r['n'] / r['seconds']:8.1f} images/s, {files / r['seconds']:8.1f} files/s "
-          f"({r['seconds']:.1f} s, of which {r['planned']:.1f} s listing and checking every file)")
-    print(f"memory: peak {peak:.0f} MB above the child's {r['before_kb'] / 1024:.0f} MB resident after imports; bound "
-          f"{r['bound'] / mb:.0f} MB (2 chunks of {r['chunk']} images of every array); the arrays whole: "
-          f"{r['whole'] / mb:.0f} MB (what the all-in-memory reader held at least)")
+    print(f"import, chunks of {r['chunk']} images: {r['n'] / r['seconds']:6.1f} images/s, "
+          f"{files / r['seconds']:7.1f} files/s ({r['seconds']:.1f} s, of which {r['planned']:.1f} s listing and "
+          f"checking every file); peak {peak:.0f} MB above the {r['before_kb'] / 1024:.0f} MB resident after "
+          f"imports; bound {r['bound'] / mb:.0f} MB (2 chunks of every array); the arrays whole {r['whole'] / mb:.0f} "
+          f"MB (what the all-in-memory reader held at least)")
 
 
 if __name__ == "__main__":

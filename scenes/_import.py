@@ -190,7 +190,8 @@ def _write_chunk(group: zarr.Group, c: int, lo: int, hi: int, block: Block) -> N
     digest = hashlib.sha256()
     for name, values in block.items():
         group[name][lo:hi] = values
-        digest.update(name.encode() + np.ascontiguousarray(values).tobytes())
+        digest.update(name.encode())
+        digest.update(memoryview(np.ascontiguousarray(values)).cast("B"))  # the array's bytes, not a copy of them
     # recorded only after every array of the chunk is on disk: a kill before this line redoes the chunk
     group.attrs.update({"chunks_done": sorted({*group.attrs.get("chunks_done", []), c}),
                         "chunk_digests": {**group.attrs.get("chunk_digests", {}), str(c): digest.hexdigest()}})

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -157,8 +157,11 @@ def plan_taskonomy(folder: str | Path, size: int | None = None, tasks: list[str]
     def read(lo: int, hi: int, pool: ThreadPoolExecutor) -> dict[str, np.ndarray]:
         block = {}
         for name, source in files.items():
-            load = partial(_read_png, enc=source.encoding, size=s, dtype=plan.arrays[name][1])
-            block[name] = np.stack(list(pool.map(load, source.paths(images[lo:hi]))))
+            shape, dtype = plan.arrays[name]
+            block[name] = out = np.empty((hi - lo, *shape[1:]), dtype)
+            load = partial(_read_png, enc=source.encoding, size=s, dtype=dtype)
+            for j, x in enumerate(pool.map(load, source.paths(images[lo:hi]))):
+                out[j] = x  # filled as the threads finish: no list of the chunk's images beside it
         if globals_:
             info_files = [info_domain.path(k) for k in images[lo:hi]]
             loaded = [_aliased(x) for x in pool.map(_load_json, info_files)]
@@ -244,7 +247,12 @@ def _read_infos(domain: _Domain | None, pool: ThreadPoolExecutor) -> _Infos:
     known = {t.name: t for t in registry.all_tasks() if t.head in ("global", "pair")}
     keys = sorted(domain.keys)
     interned: dict[frozenset[str], frozenset[str]] = {}
-    for key, info in zip(keys, pool.map(lambda k: _aliased(_load_json(domain.path(k))), keys)):
+    def infos() -> Iterator[tuple[Key, dict[str, Any]]]:  # a few thousand files in flight, not one future per file
+        for lo in range(0, len(keys), 4096):
+            yield from zip(keys[lo:lo + 4096], pool.map(lambda k: _aliased(_load_json(domain.path(k))),
+                                                         keys[lo:lo + 4096]))
+
+    for key, info in infos():
         views = info.get("views")  # ours: {task: view}; the release's point_info has no such key
         for name, slot in (views.items() if isinstance(views, dict) else ()):
             if isinstance(slot, int):
@@ -352,10 +360,15 @@ def _check_headers(files: dict[str, _Source], images: list[Key], size: int | Non
     for source in files.values():
         enc = source.encoding
         mode, domain = ("RGB", "rgb") if enc is None else (enc.mode, enc.domain)
-        check = partial(_open_png, mode=mode, size=None if size else s, domain=domain, load=False)
+        check = partial(_check_png, mode=mode, size=None if size else s, domain=domain)
         for lo in range(0, len(images), 4096):  # the paths of a few thousand images at a time
             list(pool.map(check, source.paths(images[lo:lo + 4096])))
     return s
+
+
+def _check_png(path: Path, mode: str, size: int | None, domain: str) -> None:
+    """`_open_png`'s checks from the header alone; the file is closed at once (thousands are checked at a time)."""
+    _open_png(path, mode, size, domain, load=False).close()
 
 
 def _open_png(path: Path, mode: str, size: int | None, domain: str, load: bool = True) -> Image.Image:
