@@ -77,7 +77,11 @@ def main() -> None:
         # (a) one readout: cached features against the encoder recomputed for every batch (training loops only)
         train_readouts(root, [job(names[:1])], cfg, args.size)  # warm-up
         _, cached = train_readouts(root, [job(names[:1])], cfg, args.size)
-        recomputed = _recomputed_encoder(data, encoders[0], task, cfg, args.size, labels["transfer"], device)
+        from taskonomy.extract.networks import encode_images
+
+        recomputed = _recomputed_encoder(data, lambda images: encode_images(encoders[0], images, device),
+                                         encoders[0].feature_channels, task, cfg, args.size, labels["transfer"],
+                                         device)
         print(f"(a) readout from cached features {n * cfg.epochs / cached.train_seconds:9.0f} img/s   "
               f"recomputing the encoder {n * cfg.epochs / recomputed:9.0f} img/s   "
               f"ratio {recomputed / cached.train_seconds:.1f}x")
@@ -95,25 +99,26 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _recomputed_encoder(data, encoder, task, cfg, size, labels, device) -> float:
-    """Seconds to train one readout when every batch first runs the frozen encoder on its images."""
+def _recomputed_encoder(data, encode, channels: int, task, cfg, size, labels, device) -> float:
+    """Seconds to train one readout when every batch first runs the frozen encoder (`encode`: uint8 images ->
+    features) on its images, as the original pipeline did."""
     import torch
 
-    from taskonomy.extract.networks import encode_images
     from taskonomy.losses import get_loss
     from taskonomy.transfer.readouts import build_readouts
     from taskonomy.transfer.train import _standardise
 
     images = np.asarray(data["images/rgb"].get_orthogonal_selection((data["splits/transfer"][:],)))
-    readout = build_readouts(task, 1, encoder.feature_channels, size // 8, size).to(device)
+    readout = build_readouts(task, 1, channels, size // 8, size).to(device)
     optimizer = torch.optim.AdamW(readout.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = get_loss(task.loss)
     y_all = torch.from_numpy(labels.astype(np.float32))
-    stats = (np.zeros(encoder.feature_channels), np.ones(encoder.feature_channels))
+    stats = (np.zeros(channels), np.ones(channels))
     start = time.perf_counter()
     for epoch in range(cfg.epochs):
         for rows in torch.from_numpy(np.random.default_rng(epoch).permutation(len(images))).split(cfg.batch):
-            z = encode_images(encoder, images[rows.numpy()], device).float().cpu().numpy()
+            with torch.inference_mode():
+                z = encode(images[rows.numpy()]).float().cpu().numpy()
             x = _standardise(z, stats, size // 8).to(device).unsqueeze(1)
             loss = loss_fn(readout(x)[:, 0], y_all[rows].to(device)).mean()
             optimizer.zero_grad(set_to_none=True)
