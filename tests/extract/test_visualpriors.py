@@ -158,3 +158,20 @@ def test_renamed_file_fails_the_hash_check(checkpoint, tmp_path):
     renamed = tmp_path / "normal_encoder-00000000.pth"
     shutil.copyfile(checkpoint, renamed)
     _raises_one_line(renamed, "corrupted or renamed")
+
+
+def test_as_an_encoder_entry(encoder, checkpoint):
+    """kind visualpriors in extract.encoders: the same features as load + preprocess, its sha256 checked."""
+    from taskonomy.config import EncoderConfig
+    from taskonomy.extract.encoders import load_encoder
+
+    pixels = torch.randint(0, 256, (2, 3, 48, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    entry = EncoderConfig(kind="visualpriors", file=str(checkpoint), input_size=32)
+    loaded, digest = load_encoder("vp", entry)
+    assert (loaded.input_size, loaded.mean, loaded.std) == (32, (0.5,) * 3, (0.5,) * 3)  # the kind's [-1, 1]
+    assert digest.startswith(checkpoint.stem.rsplit("-", 1)[1])
+    with torch.inference_mode():
+        expected = encoder(preprocess(pixels, 32))
+    torch.testing.assert_close(loaded.encode(pixels), expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(TaskonomyError, match="not 00000000 as its entry says"):
+        load_encoder("vp", entry.model_copy(update={"sha256": "00000000"}))
