@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 CONFIG  ?= configs/default.yaml
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup lint test test-slow demo data preview train extract transfer add-target add-source ahp taxonomy report upgrade bench clean
+.PHONY: setup lint test test-slow demo data preview train extract transfer add-target add-source ahp taxonomy report upgrade published compare bench clean
 
 setup: $(STAMP)
 
@@ -51,11 +51,12 @@ transfer: extract
 # Reuse the cache of a finished run (the run folder's own config.yaml applies):
 #   make add-target NAME=far_room LABELS=far_room.npy LOSS=bce
 #   make add-source NAME=vp_normal ENCODER=normal_encoder-f5e2c773.pth
+#   make add-source NAME=r50 KIND=export FILE=resnet50_layer3.pt2     (any kind of extract/encoders.py)
 add-target: setup
 	$(BIN)/taskonomy --run-dir $(RUN) add-target $(NAME) --labels $(LABELS) --loss $(LOSS)
 
 add-source: setup
-	$(BIN)/taskonomy --run-dir $(RUN) add-source $(NAME) --encoder $(ENCODER)
+	$(BIN)/taskonomy --run-dir $(RUN) add-source $(NAME) $(if $(KIND),--kind $(KIND) --file $(FILE),--encoder $(ENCODER))
 
 # Stage III over the run's transfers.zarr (written by stage II).
 ahp: setup
@@ -70,14 +71,27 @@ taxonomy: setup
 report: setup
 	$(BIN)/taskonomy --config $(CONFIG) report
 
+# The original release's published affinities and win rates as a run folder (IMAGES=1k|16k|all), solved at
+# budget 4, max order 2; then `make compare`: the run's agreement with them (compare.csv/json/png in $(RUN)).
+IMAGES    ?= 16k
+PUBLISHED ?= runs/published_$(IMAGES)
+published: setup
+	$(BIN)/taskonomy --run-dir $(PUBLISHED) published --images $(IMAGES)
+	$(BIN)/taskonomy --run-dir $(PUBLISHED) solve --budget 4 --max-order 2
+
+compare: setup
+	$(BIN)/taskonomy compare $(RUN) published:$(IMAGES)
+
 # A run folder made by an older version: verify its stores and record what this version needs.
 upgrade: setup
 	$(BIN)/taskonomy --run-dir $(RUN) upgrade
 
 bench: setup
 	$(BIN)/python benchmarks/bench_data.py
+	$(BIN)/python benchmarks/bench_import.py
 	$(BIN)/python benchmarks/bench_extract.py
 	$(BIN)/python benchmarks/bench_transfer.py
+	$(BIN)/python benchmarks/bench_encoder.py
 	$(BIN)/python benchmarks/bench_bip.py
 	$(BIN)/python benchmarks/bench_ahp.py
 

@@ -21,7 +21,7 @@ import click
 import yaml
 
 from taskonomy import TaskonomyError
-from taskonomy.config import STAGES as BUILT, Config, changed_keys, flat_keys, load_config, stage_of
+from taskonomy.config import ENCODER_KINDS, STAGES as BUILT, Config, changed_keys, flat_keys, load_config, stage_of
 from taskonomy.runfolder import FILES, FORMAT_VERSION, RunFolder, check_format, format_version, write_format, write_text
 
 __all__ = ["main"]
@@ -34,7 +34,7 @@ REBUILDS = {"data": ("data",), "train": ("train",), "extract": ("extract",), "tr
             "add-source": ("extract", "transfer")}
 OUTPUTS = {"data": ("data",), "train": ("models",), "extract": ("features",), "transfer": ("transfers",),
            "ahp": ("affinity", "ahp_stamp")}  # each stage's stored output (names of runfolder.FILES)
-CREATES = ("data", "run")  # the commands that may make a run folder; the others refuse a missing one
+CREATES = ("data", "run", "published")  # the commands that may make a run folder; the others refuse a missing one
 
 
 @dataclass
@@ -202,6 +202,10 @@ class _RunCommand(click.Command):
 
     def invoke(self, ctx: click.Context):
         if isinstance(ctx.obj, _Options):
+            local = ctx.params.pop("run_dir", None)  # a command's own --run-dir (`taskonomy published --run-dir R`)
+            if local and ctx.obj.run_dir and Path(local) != Path(ctx.obj.run_dir):
+                raise TaskonomyError(f"two run folders: --run-dir {ctx.obj.run_dir} and {self.name} --run-dir {local}")
+            ctx.obj.run_dir = local or ctx.obj.run_dir
             ctx.obj = Context.open(ctx.obj, self.name)
         run: Context = ctx.obj
         try:
@@ -266,25 +270,66 @@ def cli(click_ctx: click.Context, config_path: str | None, run_dir: str | None, 
 @click.option("--export-taskonomy", "export_dir", type=click.Path(file_okay=False), default=None,
               help="Also write the data set in Taskonomy's folder layout and PNG encodings.")
 @click.option("--from-taskonomy", "import_dir", type=click.Path(file_okay=False, exists=True), default=None,
-              help="Build data.zarr by reading a Taskonomy-layout folder instead of generating scenes.")
+              help="Build data.zarr by reading a Taskonomy-layout folder (streamed, resumable) instead of generating.")
+@click.option("--from-arrays", "arrays_path", type=click.Path(exists=True), default=None,
+              help="Build data.zarr from an images array: a .npy file or Zarr array, (N, H, H, 3) uint8 or float in "
+                   "[0, 1]; with --labels and --building-ids.")
+@click.option("--labels", "label_paths", multiple=True, metavar="TASK=PATH",
+              help="With --from-arrays: one task's labels, a .npy file or Zarr array in image order (repeatable).")
+@click.option("--building-ids", type=click.Path(exists=True), default=None,
+              help="With --from-arrays: a (N,) array of building (scene) ids, integers or strings; splits by them.")
+@click.option("--buildings", default=None, metavar="A,B,...",
+              help="With --from-taskonomy or --from-arrays: import only these buildings.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="With --from-taskonomy or --from-arrays: at most this many images, taken building by building.")
 @click.pass_obj
 def data(ctx: Context, force: bool, preview: str | None, rows: int, export_dir: str | None,
-         import_dir: str | None) -> None:
-    """Generate the scenes and every task's labels into <run-dir>/data.zarr."""
+         import_dir: str | None, arrays_path: str | None, label_paths: tuple[str, ...], building_ids: str | None,
+         buildings: str | None, limit: int | None) -> None:
+    """Generate the scenes and every task's labels into <run-dir>/data.zarr (or import real data)."""
+    importing = import_dir or arrays_path
+    if not importing and (label_paths or building_ids or buildings or limit):
+        raise TaskonomyError("--labels, --building-ids, --buildings and --limit go with --from-taskonomy or "
+                             "--from-arrays")
+    if import_dir and arrays_path:
+        raise TaskonomyError("--from-taskonomy and --from-arrays: choose one")
+    if arrays_path and not building_ids:
+        raise TaskonomyError("--from-arrays needs --building-ids: one building (scene) id per image, for the splits")
+    if import_dir and (label_paths or building_ids):
+        raise TaskonomyError("--labels and --building-ids go with --from-arrays (a Taskonomy folder has its own)")
+    labels = {}
+    for value in label_paths:
+        task, _, label_path = value.partition("=")
+        if not task.strip() or not label_path.strip():
+            raise TaskonomyError(f"--labels expects TASK=PATH, got {value!r}")
+        labels[task.strip()] = label_path.strip()
+    chosen = [b.strip() for b in buildings.split(",") if b.strip()] if buildings is not None else None
+    if chosen == []:
+        raise TaskonomyError(f"--buildings names no building (got {buildings!r}); expected A,B,...")
     run_dir = ctx.prepare_run_dir()
     path = RunFolder(run_dir).data
     start = time.perf_counter()
+    fractions = (ctx.config.data.splits.test, ctx.config.data.splits.transfer)
+    chunk = ctx.config.data.chunk_images if ctx.config.data.chunk_images != "auto" else None
+    selection = {"buildings": chosen, "limit": limit, "splits": fractions, "chunk_images": chunk, "force": force,
+                 "progress": ctx.progress}
     if import_dir:
-        from taskonomy.scenes.taskonomy_format import read_taskonomy
+        from taskonomy.scenes.taskonomy_read import read_taskonomy
 
-        if path.exists() and not force:
-            raise TaskonomyError(f"{path} exists; pass --force to replace it with {import_dir}")
-        read_taskonomy(import_dir, path, size=ctx.config.data.image_size, progress=ctx.progress)
-        state = f"read from {import_dir}"
+        state = read_taskonomy(import_dir, path, size=ctx.config.data.image_size, **selection)
+        state += f" from {import_dir}"
+    elif arrays_path:
+        from taskonomy.scenes.arrays import read_arrays
+
+        state = read_arrays(arrays_path, labels, building_ids, path, ctx.config.data.image_size, **selection)
+        state += f" from {arrays_path}"
     else:
-        from taskonomy.scenes.dataset import build_data
+        from taskonomy.scenes.dataset import build_data, is_imported
 
-        state = build_data(ctx.config, path, force=force, progress=ctx.progress)
+        if not force and is_imported(path):  # `taskonomy run` on imported data: the import is the data stage
+            state = "kept (imported data; --force generates a data set instead)"
+        else:
+            state = build_data(ctx.config, path, force=force, progress=ctx.progress)
     _say(ctx, f"data: {path} {state} ({time.perf_counter() - start:.1f} s)")
     if preview:
         from taskonomy.scenes.preview import contact_sheet
@@ -372,18 +417,54 @@ def add_target_command(ctx: Context, name: str, labels_path: str, loss: str, for
     _say(ctx, f"add-target: {name} {outcome.describe(name)} ({time.perf_counter() - start:.1f} s)")
 
 
+def _encoder_entry(encoder: str | None, kind: str | None, file: str | None, **entry) -> str | dict:
+    """add-source's encoder: --encoder FILE (a visualpriors checkpoint) or --kind KIND --file FILE [...]."""
+    if (encoder is None) == (kind is None):
+        raise TaskonomyError("add-source takes either --encoder FILE (visualpriors) or --kind KIND --file FILE")
+    if encoder is not None:
+        given = [f"--{k.replace('_', '-')}" for k, v in {"file": file, **entry}.items() if v is not None]
+        if given:
+            raise TaskonomyError(f"add-source --encoder takes no {', '.join(given)}; use --kind KIND --file FILE")
+        return encoder
+    if file is None:
+        raise TaskonomyError(f"add-source --kind {kind} needs --file FILE (a local file; nothing is downloaded)")
+    for option in ("mean", "std"):
+        if entry[option] is not None:
+            try:
+                entry[option] = [float(v) for v in entry[option].split(",")]
+            except ValueError:
+                raise TaskonomyError(f"--{option} {entry[option]}: expected three numbers, e.g. 0.485,0.456,0.406") \
+                    from None
+    output = entry["output"]
+    entry["output"] = int(output) if output is not None and output.lstrip("-").isdigit() else output
+    return {"kind": kind, "file": file, **entry}
+
+
 @cli.command("add-source")
 @click.argument("name")
-@click.option("--encoder", required=True, type=click.Path(dir_okay=False),
+@click.option("--encoder", default=None, type=click.Path(dir_okay=False),
               help="A local visualpriors encoder checkpoint ({task}_encoder-{sha256}.pth), as in "
                    "extract.taskonomy_encoders.")
+@click.option("--kind", type=click.Choice(list(ENCODER_KINDS)), default=None,
+              help="An encoder of extract.encoders: export (.pt2, first choice), torchscript, visualpriors, "
+                   "timm or torchvision (the last two: the .[backbones] extra).")
+@click.option("--file", "file", default=None, type=click.Path(dir_okay=False),
+              help="With --kind: the local .pt2 program, TorchScript file or weights file.")
+@click.option("--sha256", default=None, metavar="PREFIX", help="Hex prefix the file's sha256 must start with.")
+@click.option("--input-size", type=int, default=None, help="Square input size [224; visualpriors 256].")
+@click.option("--mean", default=None, metavar="R,G,B", help="Mean of [0, 1] inputs [ImageNet's].")
+@click.option("--std", default=None, metavar="R,G,B", help="Std of [0, 1] inputs [ImageNet's].")
+@click.option("--output", default=None, metavar="N|KEY", help="Index or key of a tuple/dict output to cache.")
+@click.option("--model", default=None, help="timm/torchvision: the architecture name, e.g. resnet50.")
+@click.option("--layer", default=None, help="timm/torchvision: the named module whose output is cached.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Train its readouts on an existing dask.distributed cluster (overrides transfer.scheduler).")
 @click.pass_obj
-def add_source_command(ctx: Context, name: str, encoder: str, scheduler: str | None) -> None:
+def add_source_command(ctx: Context, name: str, encoder: str | None, scheduler: str | None, **entry) -> None:
     """A new frozen encoder joins a finished run: only its features are extracted, only its transfers train."""
     from taskonomy.transfer.add_source import add_source
 
+    encoder = _encoder_entry(encoder, **entry)
     run_dir = ctx.prepare_run_dir()
     start = time.perf_counter()
     config, extracted, outcome = add_source(_with_scheduler(ctx.config, scheduler), run_dir, name, encoder,
@@ -525,6 +606,67 @@ def report(ctx: Context, timings: dict[str, float] | None = None) -> None:
     start = time.perf_counter()
     path = build_report(ctx.run_dir, ctx.config, timings=timings)  # `run` passes this run's stage times
     _say(ctx, f"report: {path} written ({time.perf_counter() - start:.1f} s)")
+
+
+@cli.command()
+@click.option("--images", type=click.Choice(["1k", "16k", "all"]), default="16k", show_default=True,
+              help="Which set: transfers trained on 1k or 16k images, or `all`, the release's first set (orders 1-2).")
+@click.option("--run-dir", type=click.Path(file_okay=False), default=None,
+              help="The folder to write (as the global --run-dir; either place).")
+@click.pass_obj
+def published(ctx: Context, images: str) -> None:
+    """The original release's published affinities and win rates as a run folder: solve, evaluate, report on it."""
+    from taskonomy.taxonomy.published import load_published, write_published
+
+    start = time.perf_counter()
+    result = load_published(images)  # read and checked before the folder is made
+    run_dir = ctx.prepare_run_dir()
+    paths = write_published(result, run_dir)
+    counts = ", ".join(f"{n} {f['name']}" for n, f in zip((len(result.keys[k]) for k in result.keys),
+                                                           result.files.values()))
+    _say(ctx, f"published: {images}: imported {counts}; skipped {len(result.skipped)} keys")
+    _say(ctx, f"published: -> {', '.join(str(p) for p in paths)} ({time.perf_counter() - start:.1f} s)")
+
+
+@cli.command(cls=click.Command)
+@click.argument("a")
+@click.argument("b")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder for compare.csv, compare.json, compare.png [A's run folder; the current folder when A is "
+                   "published].")
+@click.option("--budgets", "max_budget", type=click.IntRange(1, 30), default=5, show_default=True,
+              help="Compare the supervised sets at budgets 1..K (max order 1).")
+@click.pass_obj
+def compare(options: _Options, a: str, b: str, out: str | None, max_budget: int) -> None:
+    """How far two runs agree: A and B are run folders or published, published:1k, published:16k, published:all."""
+    from taskonomy.lock import acquire, release
+    from taskonomy.taxonomy.compare import default_out, open_side, run_compare
+
+    folder = Path(out) if out else default_out(open_side(a))
+    locked = (folder / FILES["config"]).is_file()  # writing into a run folder: hold its lock meanwhile
+    if locked:
+        acquire(folder, "taskonomy compare")
+    try:
+        result, paths = run_compare(a, b, folder, max_budget)
+    finally:
+        if locked:
+            release(folder)
+    echo = click.echo if options.progress else (lambda *_, **__: None)
+    echo(f"compare: {'target':<18} {'sources':>7} {'spearman':>8} {'kendall':>7}  top-1 ({result.a} / {result.b})")
+    for t in result.targets:
+        echo(f"compare: {t.target:<18} {t.sources:>7} {t.spearman:>8.3f} {t.kendall:>7.3f}  "
+             f"{t.top1_a} / {t.top1_b}{'' if t.top1_agree else '  differ'}")
+    summary = result.summary()
+    shown = {k: "-" if summary[k] is None else f"{summary[k]:.3f}" for k in
+             ("mean_spearman", "mean_kendall", "top1_agreement", "mean_top3_overlap", "tree_correlation")}
+    echo(f"compare: mean over {summary['targets']} targets: Spearman {shown['mean_spearman']}, Kendall "
+         f"{shown['mean_kendall']}, top-1 agreement {shown['top1_agreement']}, top-3 overlap "
+         f"{shown['mean_top3_overlap']}")
+    for row in result.budgets:
+        echo(f"compare: budget {row.budget}: {', '.join(row.supervised_a) or '-'} | "
+             f"{', '.join(row.supervised_b) or '-'} (Jaccard {row.jaccard:.2f})")
+    echo(f"compare: trees' cophenetic correlation {shown['tree_correlation']} -> "
+         f"{', '.join(str(p) for p in paths)}")
 
 
 STAGES = ("data", "train", "extract", "transfer", "ahp", "solve", "evaluate", "report")
