@@ -158,9 +158,10 @@ class Run:
                               origin="labels from Python" if labels is not None else "label function",
                               force=force, progress=progress)
 
-    def add_source(self, name: str, encoder: str | os.PathLike, progress: bool = False):
-        """A new frozen encoder (a visualpriors checkpoint file) joins the run (see `taskonomy add-source`);
-        the run's config.yaml then lists it. Returns stage II's outcome."""
+    def add_source(self, name: str, encoder: str | os.PathLike | dict, progress: bool = False):
+        """A new frozen encoder joins the run (see `taskonomy add-source`): a visualpriors checkpoint file, or an
+        `extract.encoders` entry such as {"kind": "export", "file": "resnet50.pt2", "sha256": "1a2b"}; the run's
+        config.yaml then lists it. Returns stage II's outcome."""
         import yaml
 
         from taskonomy.lock import run_lock
