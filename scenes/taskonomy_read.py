@@ -43,6 +43,7 @@ _STORE_KEYS_DROPPED = ("complete", "chunk_images", "chunks_done", "config_hash",
 # config_hash is dropped: the PNG round trip quantises, so these are not the generator's bytes
 
 Key = tuple[str, int, int]  # (building, point, view)
+_BATCH = 1024  # files checked or JSONs parsed per pool.map: at most this many are in flight while planning
 
 
 @dataclass
@@ -247,10 +248,10 @@ def _read_infos(domain: _Domain | None, pool: ThreadPoolExecutor) -> _Infos:
     known = {t.name: t for t in registry.all_tasks() if t.head in ("global", "pair")}
     keys = sorted(domain.keys)
     interned: dict[frozenset[str], frozenset[str]] = {}
-    def infos() -> Iterator[tuple[Key, dict[str, Any]]]:  # a few thousand files in flight, not one future per file
-        for lo in range(0, len(keys), 4096):
-            yield from zip(keys[lo:lo + 4096], pool.map(lambda k: _aliased(_load_json(domain.path(k))),
-                                                         keys[lo:lo + 4096]))
+    def infos() -> Iterator[tuple[Key, dict[str, Any]]]:  # _BATCH files in flight, not one future per file
+        for lo in range(0, len(keys), _BATCH):
+            yield from zip(keys[lo:lo + _BATCH], pool.map(lambda k: _aliased(_load_json(domain.path(k))),
+                                                          keys[lo:lo + _BATCH]))
 
     for key, info in infos():
         views = info.get("views")  # ours: {task: view}; the release's point_info has no such key
@@ -361,8 +362,8 @@ def _check_headers(files: dict[str, _Source], images: list[Key], size: int | Non
         enc = source.encoding
         mode, domain = ("RGB", "rgb") if enc is None else (enc.mode, enc.domain)
         check = partial(_check_png, mode=mode, size=None if size else s, domain=domain)
-        for lo in range(0, len(images), 4096):  # the paths of a few thousand images at a time
-            list(pool.map(check, source.paths(images[lo:lo + 4096])))
+        for lo in range(0, len(images), _BATCH):
+            list(pool.map(check, source.paths(images[lo:lo + _BATCH])))
     return s
 
 
