@@ -76,6 +76,40 @@ def plan_arrays_import(images: str | Path, labels: dict[str, str | Path], buildi
     if ids.shape != (n,) or ids.dtype.kind not in "iuU":
         raise TaskonomyError(f"building ids {building_ids}: expected ({n},) integers or strings, one per image; got "
                              f"{ids.dtype} {ids.shape}")
+    paths, arrays = _open_labels(labels, n, h)
+
+    names = [str(b) for b in ids.tolist()]
+    chosen = _select(names, buildings, limit)
+    picked = [names[i] for i in chosen]
+    split = building_splits(picked, *splits)
+    plan_arrays: dict[str, tuple[tuple[int, ...], str]] = {"images/rgb": ((len(chosen), 3, size, size), "uint8")}
+    plan_arrays.update({name: ((len(chosen), *t.label_shape(size)), t.store_dtype) for name, (_, t) in arrays.items()})
+    plan_arrays.update({"meta/scene": ((len(chosen),), "int32"), "meta/point": ((len(chosen),), "int32")})
+    listed, scene, point = _scene_and_point(ids, chosen, picked)
+    sources = {"images": str(Path(images).resolve()), "building_ids": str(Path(building_ids).resolve()),
+               "labels": {t: str(p.resolve()) for t, p in paths.items()}}
+    attrs: dict[str, Any] = {"image_size": size, "n_images": len(chosen), "tasks": list(paths),
+                             "imported_from": sources}
+    if listed is not None:
+        attrs["buildings"] = listed  # meta/scene indexes this list
+    stamps = {p: _stamp(p) for p in [sources["images"], sources["building_ids"], *sources["labels"].values()]}
+    key = content_hash("arrays", attrs, stamps, chosen.tolist())
+    plan = ImportPlan(plan_arrays, split, attrs, key, chunk_images)
+
+    def read(lo: int, hi: int, pool: ThreadPoolExecutor | None = None) -> dict[str, np.ndarray]:
+        index = chosen[lo:hi]
+        block = {"images/rgb": _images(_take(rgb, index), size, pool)}
+        for name, (array, task) in arrays.items():
+            block[name] = _labels(_take(array, index), task, size)
+        block["meta/scene"], block["meta/point"] = scene[lo:hi], point[lo:hi]
+        return block
+
+    _check_values(plan, rgb, arrays, chosen, paths)
+    return plan, read
+
+
+def _open_labels(labels: dict[str, str | Path], n: int, h: int) -> tuple[dict[str, Path], dict[str, tuple]]:
+    """task -> its label file, and array name -> (the opened array, its task), each checked for shape and dtype."""
     paths: dict[str, Path] = {}  # task -> its label file
     for name, path in labels.items():
         task = _checked_task(name, path)
@@ -93,41 +127,7 @@ def plan_arrays_import(images: str | Path, labels: dict[str, str | Path], buildi
         if np.dtype(array.dtype).kind not in kinds:
             raise TaskonomyError(f"{where}: dtype {array.dtype}, expected "
                                  f"{'integer class ids' if kinds == 'iu' else 'numbers'}")
-
-    names = [str(b) for b in ids.tolist()]
-    chosen = _select(names, buildings, limit)
-    picked = [names[i] for i in chosen]
-    split = building_splits(picked, *splits)
-    plan_arrays: dict[str, tuple[tuple[int, ...], str]] = {"images/rgb": ((len(chosen), 3, size, size), "uint8")}
-    plan_arrays.update({name: ((len(chosen), *t.label_shape(size)), t.store_dtype) for name, (_, t) in arrays.items()})
-    plan_arrays.update({"meta/scene": ((len(chosen),), "int32"), "meta/point": ((len(chosen),), "int32")})
-    ordered = sorted(set(picked))
-    numbered = ids.dtype.kind in "iu" and ids.min() >= 0 and ids.max() < 2**31
-    scene = ids[chosen].astype(np.int32) if numbered else \
-        np.searchsorted(np.array(ordered), np.array(picked)).astype(np.int32)
-    point, counts = np.empty(len(picked), np.int32), dict.fromkeys(ordered, 0)
-    for i, b in enumerate(picked):  # the image's place within its building
-        point[i], counts[b] = counts[b], counts[b] + 1
-    sources = {"images": str(Path(images).resolve()), "building_ids": str(Path(building_ids).resolve()),
-               "labels": {t: str(p.resolve()) for t, p in paths.items()}}
-    attrs: dict[str, Any] = {"image_size": size, "n_images": len(chosen), "tasks": list(paths),
-                             "imported_from": sources}
-    if not numbered:
-        attrs["buildings"] = ordered  # meta/scene indexes this list
-    stamps = {p: _stamp(p) for p in [sources["images"], sources["building_ids"], *sources["labels"].values()]}
-    key = content_hash("arrays", attrs, stamps, chosen.tolist())
-    plan = ImportPlan(plan_arrays, split, attrs, key, chunk_images)
-
-    def read(lo: int, hi: int, pool: ThreadPoolExecutor | None = None) -> dict[str, np.ndarray]:
-        index = chosen[lo:hi]
-        block = {"images/rgb": _images(_take(rgb, index), size, pool)}
-        for name, (array, task) in arrays.items():
-            block[name] = _labels(_take(array, index), task, size)
-        block["meta/scene"], block["meta/point"] = scene[lo:hi], point[lo:hi]
-        return block
-
-    _check_values(plan, rgb, arrays, chosen, paths)
-    return plan, read
+    return paths, arrays
 
 
 def _checked_task(name: str, path: Any) -> registry.Task:
@@ -139,6 +139,20 @@ def _checked_task(name: str, path: Any) -> registry.Task:
         raise TaskonomyError(f"task {task.name} ({path}) reads inputs/{task.modality}, which an import does not make; "
                              f"--from-arrays takes tasks that read the rgb image")
     return task
+
+
+def _scene_and_point(ids: np.ndarray, chosen: np.ndarray, picked: list[str]) -> tuple[list[str] | None, np.ndarray,
+                                                                                       np.ndarray]:
+    """meta/scene (the ids when they are int32 numbers, else the index in the sorted names, which are returned) and
+    meta/point (each image's place within its building)."""
+    ordered = sorted(set(picked))
+    numbered = ids.dtype.kind in "iu" and ids.min() >= 0 and ids.max() < 2**31
+    scene = ids[chosen].astype(np.int32) if numbered else \
+        np.searchsorted(np.array(ordered), np.array(picked)).astype(np.int32)
+    point, counts = np.empty(len(picked), np.int32), dict.fromkeys(ordered, 0)
+    for i, b in enumerate(picked):
+        point[i], counts[b] = counts[b], counts[b] + 1
+    return (None if numbered else ordered), scene, point
 
 
 def _select(names: list[str], buildings: list[str] | None, limit: int | None) -> np.ndarray:

@@ -132,11 +132,7 @@ def plan_taskonomy(folder: str | Path, size: int | None = None, tasks: list[str]
         if task.head != "dense":
             _check_globals(task, infos, images)
 
-    names = sorted({b for b, _, _ in images})
-    numbered = [re.fullmatch(r"scene(\d+)", b) for b in names]
-    ids = {b: int(m[1]) if all(numbered) else i for i, (b, m) in enumerate(zip(names, numbered))}
-    scene = np.array([ids[b] for b, _, _ in images], np.int32)
-    point = np.array([p for _, p, _ in images], np.int32)
+    listed, scene, point = _scene_and_point(images)
     n = len(images)
     arrays = {name: ((n, 3, s, s), "uint8") if enc is None else ((n, *_task_of(name).label_shape(s)),
                                                                   _task_of(name).store_dtype)
@@ -145,8 +141,8 @@ def plan_taskonomy(folder: str | Path, size: int | None = None, tasks: list[str]
     arrays.update({"meta/scene": ((n,), "int32"), "meta/point": ((n,), "int32")})
     attrs = {k: v for k, v in meta.get("attrs", {}).items() if k not in _STORE_KEYS_DROPPED}
     attrs.update(image_size=s, n_images=n, tasks=[t.name for t in chosen], imported_from=str(folder.resolve()))
-    if not all(numbered):
-        attrs["buildings"] = names  # meta/scene indexes this list
+    if listed is not None:
+        attrs["buildings"] = listed  # meta/scene indexes this list
     split = _splits(images, meta, splits)
     listing = content_hash([f"{b}/{p}/{v}" for b, p, v in images])
     key = content_hash("taskonomy-folder", attrs, listing, sorted(files), {k: v.tolist() for k, v in split.items()})
@@ -172,6 +168,17 @@ def plan_taskonomy(folder: str | Path, size: int | None = None, tasks: list[str]
         return block
 
     return plan, read
+
+
+def _scene_and_point(images: list[Key]) -> tuple[list[str] | None, np.ndarray, np.ndarray]:
+    """meta/scene (k of `scene<k>` building names, else the index in the sorted names, which are returned) and
+    meta/point."""
+    names = sorted({b for b, _, _ in images})
+    numbered = [re.fullmatch(r"scene(\d+)", b) for b in names]
+    ids = {b: int(m[1]) if all(numbered) else i for i, (b, m) in enumerate(zip(names, numbered))}
+    scene = np.array([ids[b] for b, _, _ in images], np.int32)
+    point = np.array([p for _, p, _ in images], np.int32)
+    return (None if all(numbered) else names), scene, point
 
 
 def _task_of(array_name: str) -> registry.Task:
