@@ -3,7 +3,8 @@
 Memory: the reader hands over one chunk of every array while the writer thread compresses the previous one, so
 at most two chunks of every per-image array are in memory (`memory_bound`), besides the list of images. Each
 written chunk is recorded with a digest of its bytes; a killed import resumes at the first unrecorded chunk and
-ends with the same bytes as an uninterrupted one. The store's identity (`content_hash`, what later stages
+ends with the same bytes as an uninterrupted one. The derived inputs that the tasks read (gray, noisy, masked,
+permuted) are made from each chunk's rgb images as the generator makes them. The store's identity (`content_hash`, what later stages
 compare) hashes those digests, the splits and the attributes: another selection is another identity.
 """
 
@@ -23,12 +24,16 @@ from PIL import Image
 from tqdm import tqdm
 
 from taskonomy import TaskonomyError
+from taskonomy import tasks as registry
 from taskonomy.config import content_hash
 from taskonomy.runtime import default_threads
+from taskonomy.scenes.labels import make_inputs
 from taskonomy.store import bytes_per_image, chunk_length, create_image_array, mark_complete, open_for_writing
 
-__all__ = ["ImportPlan", "building_splits", "memory_bound", "resize_image", "resize_label", "round_robin",
-           "write_import"]
+__all__ = ["DERIVED", "ImportPlan", "building_splits", "derived_arrays", "memory_bound", "resize_image",
+           "resize_label", "round_robin", "write_import"]
+
+DERIVED = ("gray", "noisy", "masked", "permuted")  # inputs made from rgb (scenes.labels.make_inputs)
 
 Block = dict[str, np.ndarray]
 
@@ -44,6 +49,7 @@ class ImportPlan:
     attrs: dict[str, Any]
     key: str
     chunk_images: int | None = None
+    seed: int = 0  # of the derived inputs' randomness (noise, mask, jigsaw permutation), as the generator's
 
     @property
     def n(self) -> int:
@@ -55,6 +61,27 @@ class ImportPlan:
         if self.chunk_images is not None:
             return max(1, min(self.chunk_images, self.n))
         return chunk_length(max(bytes_per_image(s, d) for s, d in self.arrays.values()), self.n)
+
+
+def derived_arrays(tasks: Sequence[registry.Task], n: int, size: int) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The derived inputs the tasks read (colorization gray, denoising noisy, ...): made at import from the rgb
+    image as the generator makes them, since a Taskonomy folder has none."""
+    wanted = {t.modality for t in tasks}
+    return {f"inputs/{m}": ((n, 1 if m == "gray" else 3, size, size), "uint8") for m in DERIVED if m in wanted}
+
+
+def _derive(block: Block, plan: ImportPlan, lo: int) -> Block:
+    """The block with its derived inputs; jigsaw's label is the permutation of the permuted input made here
+    (a label that came with the data belongs to an input the data does not have)."""
+    names = [k for k in plan.arrays if k.startswith("inputs/")]
+    if not names:
+        return block
+    rgb = block["images/rgb"].transpose(0, 2, 3, 1).astype(np.float32) / np.float32(255)
+    inputs, jigsaw = make_inputs(rgb, np.arange(lo, lo + len(rgb)), plan.seed)
+    block.update({k: inputs[k.split("/", 1)[1]] for k in names})
+    if "labels/jigsaw" in plan.arrays:
+        block["labels/jigsaw"] = jigsaw
+    return block
 
 
 def memory_bound(plan: ImportPlan) -> int:
@@ -153,7 +180,7 @@ def write_import(path: str | Path, plan: ImportPlan, read: Callable[[int, int, T
     with ThreadPoolExecutor(default_threads()) as pool, ThreadPoolExecutor(max_workers=1) as writer:
         for c in todo:
             lo, hi = c * chunk, min(n, (c + 1) * chunk)
-            block = _checked(read(lo, hi, pool), plan, lo, hi)
+            block = _checked(_derive(read(lo, hi, pool), plan, lo), plan, lo, hi)
             if pending is not None:
                 pending.result()  # at most one chunk waits for the writer: the memory bound
             pending = writer.submit(_write_chunk, group, c, lo, hi, block)

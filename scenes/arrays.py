@@ -22,8 +22,8 @@ import zarr
 from taskonomy import TaskonomyError
 from taskonomy import tasks as registry
 from taskonomy.config import content_hash
-from taskonomy.scenes._import import (ImportPlan, building_splits, resize_image, resize_label, round_robin,
-                                      write_import)
+from taskonomy.scenes._import import (ImportPlan, building_splits, derived_arrays, resize_image, resize_label,
+                                      round_robin, write_import)
 
 __all__ = ["open_array", "plan_arrays_import", "read_arrays"]
 
@@ -84,6 +84,7 @@ def plan_arrays_import(images: str | Path, labels: dict[str, str | Path], buildi
     split = building_splits(picked, *splits)
     plan_arrays: dict[str, tuple[tuple[int, ...], str]] = {"images/rgb": ((len(chosen), 3, size, size), "uint8")}
     plan_arrays.update({name: ((len(chosen), *t.label_shape(size)), t.store_dtype) for name, (_, t) in arrays.items()})
+    plan_arrays.update(derived_arrays([t for _, t in arrays.values()], len(chosen), size))
     plan_arrays.update({"meta/scene": ((len(chosen),), "int32"), "meta/point": ((len(chosen),), "int32")})
     listed, scene, point = _scene_and_point(ids, chosen, picked)
     sources = {"images": str(Path(images).resolve()), "building_ids": str(Path(building_ids).resolve()),
@@ -135,9 +136,9 @@ def _checked_task(name: str, path: Any) -> registry.Task:
     if task.head in ("pair", "none"):
         raise TaskonomyError(f"task {task.name} ({path}) needs {'second views' if task.head == 'pair' else 'no labels'}"
                              f"; --from-arrays takes single images with dense or global labels")
-    if task.modality != "rgb":
-        raise TaskonomyError(f"task {task.name} ({path}) reads inputs/{task.modality}, which an import does not make; "
-                             f"--from-arrays takes tasks that read the rgb image")
+    if task.modality == "permuted":
+        raise TaskonomyError(f"task {task.name} ({path}): its labels are the permutations of an input the import "
+                             f"makes; --from-arrays takes no jigsaw labels")
     return task
 
 

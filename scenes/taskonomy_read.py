@@ -31,8 +31,8 @@ from taskonomy import TaskonomyError
 from taskonomy import tasks as registry
 from taskonomy.config import content_hash
 from taskonomy.runtime import default_threads
-from taskonomy.scenes._import import (ImportPlan, building_splits, resize_image, resize_label, round_robin,
-                                      write_import)
+from taskonomy.scenes._import import (ImportPlan, building_splits, derived_arrays, resize_image, resize_label,
+                                      round_robin, write_import)
 from taskonomy.scenes.taskonomy_format import EXPORT_FILE, FILE_RE, Encoding, encoding_for
 
 __all__ = ["plan_taskonomy", "read_taskonomy"]
@@ -138,7 +138,7 @@ def plan_taskonomy(folder: str | Path, size: int | None = None, tasks: list[str]
                                                                   _task_of(name).store_dtype)
               for name, enc in ((k, v.encoding) for k, v in files.items())}
     arrays.update({f"labels/{t.name}": ((n, *t.label_shape(0)), t.store_dtype) for t in chosen if t.head != "dense"})
-    arrays.update({"meta/scene": ((n,), "int32"), "meta/point": ((n,), "int32")})
+    arrays.update({**derived_arrays(chosen, n, s), "meta/scene": ((n,), "int32"), "meta/point": ((n,), "int32")})
     attrs = {k: v for k, v in meta.get("attrs", {}).items() if k not in _STORE_KEYS_DROPPED}
     attrs.update(image_size=s, n_images=n, tasks=[t.name for t in chosen], imported_from=str(folder.resolve()))
     if listed is not None:
@@ -146,7 +146,7 @@ def plan_taskonomy(folder: str | Path, size: int | None = None, tasks: list[str]
     split = _splits(images, meta, splits)
     listing = content_hash([f"{b}/{p}/{v}" for b, p, v in images])
     key = content_hash("taskonomy-folder", attrs, listing, sorted(files), {k: v.tolist() for k, v in split.items()})
-    plan = ImportPlan(arrays, split, attrs, key, chunk_images)
+    plan = ImportPlan(arrays, split, attrs, key, chunk_images, int(attrs.get("seed", 0)))
     globals_ = [t for t in chosen if t.head != "dense"]
     info_domain = infos.domain.located() if globals_ else None
     del infos

@@ -183,6 +183,7 @@ def _hostile(root: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (args(f"class_scene={tmp / 'missing.npy'}"), "missing.npy does not exist"),
         (args(f"no_such_task={root / 'class_scene.npy'}"), "unknown task 'no_such_task'"),
         (args(f"egomotion={root / 'class_scene.npy'}"), "needs second views"),
+        (args(f"jigsaw={root / 'class_scene.npy'}"), "takes no jigsaw labels"),
         (args(f"class_scene={root / 'class_scene.npy'}", image=str(tmp / "bright.npy")), "must lie in [0, 1]"),
         (args(f"class_scene={root / 'class_scene.npy'}", building=str(tmp / "short.npy")),
          "building ids"),
@@ -198,3 +199,17 @@ def test_hostile_arrays_are_refused_in_one_line(world, tmp_path, capsys):
         line = one_line(capsys)
         assert message in line, (message, line)
         assert not (tmp_path / "run").exists(), args  # nothing written
+
+
+def test_derived_inputs_are_made_as_the_generator_makes_them(tmp_path):
+    """Tasks that read derived inputs (colorization gray, denoising noisy, jigsaw permuted): a Taskonomy folder has
+    none, so the import makes them from rgb with the recorded seed, equal to the generator's, and they train."""
+    config = write_config(tmp_path, data={"tasks": ["depth_zbuffer", "denoising", "jigsaw", "colorization"]})
+    build_data(load_config(config), tmp_path / "gen.zarr", progress=False)
+    export_taskonomy(tmp_path / "gen.zarr", tmp_path / "folder", progress=False)
+    assert cli(config, tmp_path / "run", "data", "--from-taskonomy", str(tmp_path / "folder")) == 0
+    gen, store = (zarr.open_group(str(p), mode="r") for p in (tmp_path / "gen.zarr", tmp_path / "run" / "data.zarr"))
+    assert sorted(store["inputs"].array_keys()) == ["gray", "noisy", "permuted"]
+    for name in ("inputs/gray", "inputs/noisy", "inputs/permuted", "labels/jigsaw", "images/rgb"):
+        np.testing.assert_array_equal(store[name][:], gen[name][:], err_msg=name)
+    assert cli(config, tmp_path / "run", "train") == 0
