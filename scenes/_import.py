@@ -4,8 +4,9 @@ Memory: the reader hands over one chunk of every array while the writer thread c
 at most two chunks of every per-image array are in memory (`memory_bound`), besides the list of images. Each
 written chunk is recorded with a digest of its bytes; a killed import resumes at the first unrecorded chunk and
 ends with the same bytes as an uninterrupted one. The derived inputs that the tasks read (gray, noisy, masked,
-permuted) are made from each chunk's rgb images as the generator makes them. The store's identity (`content_hash`, what later stages
-compare) hashes those digests, the splits and the attributes: another selection is another identity.
+permuted) are made from each chunk's rgb images as the generator makes them. The store's identity
+(`content_hash`, what later stages compare) hashes those digests, the splits and the attributes: another
+selection is another identity.
 """
 
 from __future__ import annotations
