@@ -35,6 +35,8 @@ REBUILDS = {"data": ("data",), "train": ("train",), "extract": ("extract",), "tr
 OUTPUTS = {"data": ("data",), "train": ("models",), "extract": ("features",), "transfer": ("transfers",),
            "ahp": ("affinity", "ahp_stamp")}  # each stage's stored output (names of runfolder.FILES)
 CREATES = ("data", "run", "published")  # the commands that may make a run folder; the others refuse a missing one
+# the commands that make or change a run's own results: refused on a folder of the release's published numbers
+OWN_RESULTS = ("data", "train", "extract", "transfer", "add-target", "add-source", "ahp", "run")
 
 
 @dataclass
@@ -94,6 +96,9 @@ class Context:
             where = f" --run-dir {run_dir}" if options.run_dir else ""
             raise TaskonomyError(f"run folder {run_dir} does not exist; make it with `taskonomy {example}{where} run` "
                                  f"(or `data`)")
+        if command in OWN_RESULTS and (run_dir / FILES["published"]).is_file():
+            raise TaskonomyError(f"{run_dir} holds the published Taskonomy results ({FILES['published']}); "
+                                 f"`taskonomy {command}` makes a run's own results: choose another --run-dir")
         stored_path = run_dir / FILES["config"]
         stored = load_config(stored_path) if stored_path.is_file() else None
         config = given or load_config(stored_path if stored else None, overrides, options.settings)

@@ -194,3 +194,13 @@ def test_scores_without_a_win_rate_are_left_out():
     assert published_scores({"a": "b"}, {}, {}) == {}
     gain, quality = published_scores({"a": "b"}, {"a": {"b": 0.7}}, {})["a"]
     assert gain == 0.7 and math.isnan(quality)
+
+
+@pytest.mark.parametrize("command", [["data"], ["train"], ["ahp"], ["run"], ["transfer"]])
+def test_the_stages_of_a_run_refuse_a_published_folder(published_16k, tmp_path, capsys, command):
+    run_dir = shutil.copytree(published_16k, tmp_path / "p")
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in run_dir.iterdir())
+    assert taskonomy(run_dir, *command) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "holds the published Taskonomy results" in err
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in run_dir.iterdir()) == before
