@@ -29,7 +29,8 @@ from taskonomy import tasks as registry
 from taskonomy.config import content_hash
 from taskonomy.runtime import default_threads
 from taskonomy.scenes.labels import make_inputs
-from taskonomy.store import bytes_per_image, chunk_length, create_image_array, mark_complete, open_for_writing
+from taskonomy.store import (bytes_per_image, chunk_length, create_image_array, mark_complete, open_for_writing,
+                             write_state)
 
 __all__ = ["DERIVED", "ImportPlan", "building_splits", "derived_arrays", "memory_bound", "resize_image",
            "resize_label", "round_robin", "write_import"]
@@ -142,16 +143,8 @@ def resize_label(x: np.ndarray, size: int, classes: bool) -> np.ndarray:
 
 def _state(path: Path, key: str, force: bool) -> str:
     """'fresh', 'resume' or 'done' for the store at `path`; refuses a store of another origin unless forced."""
-    if force or not path.exists():
-        return "fresh"
-    try:
-        old = dict(zarr.open_group(str(path), mode="r").attrs)
-    except Exception:
-        raise TaskonomyError(f"{path} exists but is not a readable data store; remove it or pass --force") from None
-    if old.get("import_key") != key:
-        raise TaskonomyError(f"{path} exists and holds other data (another import, selection or the generator's); "
-                             f"pass --force to replace it")
-    return "done" if old.get("complete") else "resume"
+    return write_state(path, force, lambda old: None if old.get("import_key") == key else (
+        "exists and holds other data (another import, selection or the generator's); pass --force to replace it"))
 
 
 def write_import(path: str | Path, plan: ImportPlan, read: Callable[[int, int, ThreadPoolExecutor], Block],

@@ -26,7 +26,7 @@ from taskonomy.scenes.labels import make_inputs, make_labels
 from taskonomy.scenes.render import render
 from taskonomy.scenes.scene import Buffers, Scene, pair_cameras, sample_camera, sample_scene
 from taskonomy.store import (bytes_per_image, chunk_length, create_image_array, mark_complete, open_complete,
-                             open_for_writing)
+                             open_for_writing, write_state)
 
 __all__ = ["GENERATOR_VERSION", "build_data", "data_hash", "generate_images", "is_imported", "make_splits", "open_data",
            "plan_arrays"]
@@ -133,16 +133,13 @@ def _attrs(config: Config) -> dict[str, Any]:
 
 def _existing(path: Path, attrs: dict[str, Any], force: bool) -> str:
     """'fresh', 'resume' or 'done' for the store at `path`; refuses a store made from another config."""
-    if force or not path.exists():
-        return "fresh"
-    try:
-        old = dict(zarr.open_group(str(path), mode="r").attrs)
-    except Exception:
-        raise TaskonomyError(f"{path} exists but is not a readable data store; remove it or pass --force") from None
-    if old.get("config_hash") != attrs["config_hash"]:
-        raise TaskonomyError(f"{path} was made from another config or generator version (hash "
-                             f"{old.get('config_hash')} != {attrs['config_hash']}); pass --force to rebuild it")
-    return "done" if old.get("complete") else "resume"
+    def other(old: dict[str, Any]) -> str | None:
+        if old.get("config_hash") == attrs["config_hash"]:
+            return None
+        return (f"was made from another config or generator version (hash {old.get('config_hash')} != "
+                f"{attrs['config_hash']}); pass --force to rebuild it")
+
+    return write_state(path, force, other)
 
 
 def build_data(config: Config, path: str | Path, force: bool = False, progress: bool = True) -> str:

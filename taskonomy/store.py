@@ -16,7 +16,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from taskonomy.runfolder import FILES
 
 __all__ = [
     "CHUNK_BYTES", "REBUILD", "chunk_length", "codecs", "create_image_array", "damage_error", "find_damage",
-    "is_complete", "mark_complete", "open_complete", "open_for_writing", "refresh_inventory",
+    "is_complete", "mark_complete", "open_complete", "open_for_writing", "refresh_inventory", "write_state",
 ]
 
 # store file name -> the command that rebuilds it (taskonomy.runfolder names both)
@@ -86,6 +86,22 @@ def open_complete(path: str | Path, rebuild: str) -> zarr.Group:
     if problem:
         raise TaskonomyError(f"{path}: {problem}; rebuild it with `{rebuild} --force`")
     return group
+
+
+def write_state(path: str | Path, force: bool, other: Callable[[dict[str, Any]], str | None]) -> str:
+    """Where a writer stands with the store at `path`: 'fresh' (none, or --force), 'resume' (its own store,
+    unfinished) or 'done'; `other(attrs)` says why a store of another origin is refused (None: its own)."""
+    path = Path(path)
+    if force or not path.exists():
+        return "fresh"
+    try:
+        old = dict(zarr.open_group(str(path), mode="r").attrs)
+    except Exception:
+        raise TaskonomyError(f"{path} exists but is not a readable data store; remove it or pass --force") from None
+    reason = other(old)
+    if reason:
+        raise TaskonomyError(f"{path} {reason}")
+    return "done" if old.get("complete") else "resume"
 
 
 def open_for_writing(path: str | Path, attrs: dict[str, Any]) -> zarr.Group:

@@ -126,6 +126,7 @@ def test_add_target_and_source_reach_every_later_stage(faults_run, encoder_file,
     same_rows(with_source, rows(run), with_source)
 
 
+@pytest.mark.slow  # 12 s: a LocalCluster; test_transfer.py::test_a_dask_cluster_gives_the_same_losses stays default
 def test_add_target_on_a_cluster_equals_in_process(faults_run, tmp_path):
     from distributed import LocalCluster
 

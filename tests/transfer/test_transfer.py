@@ -147,6 +147,7 @@ def test_a_second_run_is_up_to_date_and_a_new_order_trains_only_what_is_new(tran
     assert config
 
 
+@pytest.mark.slow  # 43 s on 2 cores; the default suite kills transfer between targets (test_faults_resume)
 def test_training_is_deterministic_and_a_killed_run_resumes(transferred, tmp_path):
     run_dir = transferred[1]
     args, copy = _copy(transferred, tmp_path, "transfers.zarr")
