@@ -103,7 +103,8 @@ STAGES = {
                                  "taskonomy.runfolder:_atomic", 2, "after",
                                  missing("supervision_saved.json", "evaluation_curves.png"), same_files(*EVALUATION)),
 }
-DEFAULT = ("train-after-one-task", "extract-mid-source", "ahp-between-outputs")  # the rest: -m slow
+# the default suite kills these; the rest: -m slow
+DEFAULT = ("train-after-one-task", "extract-mid-source", "transfer-between-targets", "ahp-between-outputs")
 
 
 @pytest.mark.parametrize("stage", [s if s in DEFAULT else pytest.param(s, marks=slow) for s in STAGES])
