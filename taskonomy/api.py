@@ -95,13 +95,25 @@ class Run:
                           coords={"target": targets, "transfer": transfers})
 
     @property
+    def published(self) -> dict[str, Any] | None:
+        """What `taskonomy published` imported into this folder (published.json), or None for a run of ours."""
+        return artifacts.read_published(self.path)
+
+    @property
     def targets(self) -> list[str]:
-        """Every complete target of transfers.zarr (the config's and those added from the cache)."""
+        """Every complete target of transfers.zarr (the config's and those added from the cache); in a folder of
+        the published results, the targets of its affinity table."""
+        if self.published is not None:
+            return list(artifacts.read_affinity(self.path).targets)
         return artifacts.complete_targets(self.path)
 
     @property
     def sources(self) -> list[str]:
-        """Every source of the feature cache that transfers read."""
+        """Every source of the feature cache that transfers read; in a folder of the published results, every
+        task a transfer of its affinity table reads."""
+        if self.published is not None:
+            columns = artifacts.read_affinity(self.path).transfers
+            return list(dict.fromkeys(s for c in columns if c not in artifacts.BASELINES for s in c.split("+")))
         return artifacts.read_losses(self.path, []).sources
 
     def losses(self, target: str):
@@ -109,6 +121,9 @@ class Run:
         index of each test image)."""
         import xarray as xr
 
+        if self.published is not None:
+            raise TaskonomyError(f"{self.path} holds the published Taskonomy results: win rates and affinities, "
+                                 f"no per-image losses (see {self.folder.wins_vs_task.name})")
         table = artifacts.read_losses(self.path, [target])
         rows = table[target]
         return xr.DataArray(rows.losses, dims=("transfer", "image"), name=f"losses of {target}",

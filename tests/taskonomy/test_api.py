@@ -94,3 +94,16 @@ def test_the_docs_example_runs(run_copy):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "best single source per target" in out.stdout and "added target bright:" in out.stdout
     assert "bright" in taskonomy.open_run(run_copy).targets
+
+
+def test_a_folder_of_the_published_results_reads_solves_and_evaluates(tmp_path):
+    run_dir = tmp_path / "published"
+    assert main(["-q", "--run-dir", str(run_dir), "published"]) == 0
+    run = taskonomy.open_run(run_dir)
+    assert run.published["images"] == "16k"
+    assert len(run.targets) == 22 and "normal" in run.sources and "class_selected" in run.sources
+    assert run.solve(budget=3, max_order=1).supervised == ("denoising", "edge_texture", "normal")
+    [point] = run.evaluate(max_order=1, budgets=[3])  # scored by the release's win rates
+    assert 0.5 < point.mean_gain < 1 and 0 < point.mean_quality < 0.5
+    with pytest.raises(TaskonomyError, match="no per-image losses"):
+        run.losses("normal")
