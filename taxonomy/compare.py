@@ -162,19 +162,13 @@ def _common_tasks(a: Side, b: Side) -> tuple[list[str], list[str]]:
 
 
 def _problem(side: Side, sources: list[str], targets: list[str], budget: int):
-    """Max order 1 over the common tasks; ({t}, t) is the better of full and t's own column (published)."""
+    """Max order 1 over the common tasks, the hyperedges of `taskonomy solve` (taxonomy.stage.hyperedges)."""
     from taskonomy.taxonomy.bip import Problem, Transfer  # here: the report reads agreement() and solves nothing
+    from taskonomy.taxonomy.stage import hyperedges
 
-    best: dict[tuple[tuple[str, ...], str], float] = {}
-    for target in targets:
-        row = side.rows[target]
-        for column, value in row.items():
-            source = target if column == "full" else column
-            if source in sources and "+" not in column and column != "scratch":
-                edge = ((source,), target)
-                best[edge] = max(value, best.get(edge, -math.inf))
-    return Problem(tuple(sources), tuple(targets), tuple(Transfer(s, t, v) for (s, t), v in best.items()),
-                   float(budget))
+    edges = hyperedges({target: side.rows[target] for target in targets})
+    return Problem(tuple(sources), tuple(targets), tuple(Transfer(s, t, value) for (s, t), (value, _) in edges.items()
+                                                         if len(s) == 1 and s[0] in sources), float(budget))
 
 
 def _supervised(side: Side, sources: list[str], targets: list[str], budget: int) -> tuple[str, ...]:

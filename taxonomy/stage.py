@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +31,9 @@ from taskonomy.taxonomy.bip import Problem, Solution, Transfer, all_for_one, exp
 from taskonomy.taxonomy.evaluate import (QUALITY_LEVELS, Scorer, SweepPoint, policy_scores, published_scores,
                                          supervision_saved, sweep)
 
-__all__ = ["Affinity", "make_problem", "published_scorer", "read_affinity", "read_losses", "report_budgets",
-           "run_all_for_one", "run_evaluate", "run_solve", "solve_policy", "sweep_policies", "with_overrides"]
+__all__ = ["Affinity", "hyperedges", "make_problem", "published_scorer", "read_affinity", "read_losses",
+           "report_budgets", "run_all_for_one", "run_evaluate", "run_solve", "solve_policy", "sweep_policies",
+           "with_overrides"]
 
 def _controls() -> set[str]:
     return {t.name for t in registry.all_tasks() if t.group == "control"}
@@ -56,18 +57,27 @@ def _registry_order(names: set[str]) -> list[str]:
     return known + sorted(names - set(known))
 
 
+def hyperedges(rows: Mapping[str, Mapping[str, float]]) -> dict[tuple[tuple[str, ...], str], tuple[float, str]]:
+    """The BIP's hyperedges of affinity rows (target -> column -> affinity): (sources, target) -> (affinity, the
+    column it came from), every column but scratch. `full` is the target supervising itself; in a published folder
+    the release's t__t (column t) is the same hyperedge ({t}, t), which takes the better of the two: both need t's
+    labels."""
+    best: dict[tuple[tuple[str, ...], str], tuple[float, str]] = {}
+    for target, row in rows.items():
+        for column, value in row.items():
+            if column == "scratch":
+                continue
+            edge = ((target,) if column in ("full", target) else tuple(column.split("+")), target)
+            if edge not in best or value > best[edge][0]:
+                best[edge] = (value, column)
+    return best
+
+
 def read_affinity(run_dir: Path) -> Affinity:
     """affinity.csv (taskonomy.artifacts reads and checks it) as the BIP's hyperedges: every tried transfer but
     scratch, `full` as the target supervising itself."""
     table = artifacts.read_affinity(run_dir)
-    best: dict[tuple[tuple[str, ...], str], tuple[float, str]] = {}
-    for target in table.targets:
-        for column, value in table.row(target).items():
-            if column == "scratch":
-                continue
-            edge = ((target,) if column in ("full", target) else tuple(column.split("+")), target)
-            if edge not in best or value > best[edge][0]:  # full and t__t: one hyperedge, the better of the two
-                best[edge] = (value, column)
+    best = hyperedges({target: table.row(target) for target in table.targets})
     transfers = [Transfer(sources, target, value) for (sources, target), (value, _) in best.items()]
     own = {target: column for (sources, target), (_, column) in best.items() if sources == (target,)}
     sources = {s for c in table.transfers if c not in artifacts.BASELINES for s in c.split("+")}
