@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from taskonomy import TaskonomyError
-from taskonomy.artifacts import BASELINES
+from taskonomy.artifacts import BASELINES, read_published
 from taskonomy.config import Config, load_config
 from taskonomy.runfolder import FILES, RunFolder
 
@@ -134,8 +134,8 @@ def _run_config(run: RunFolder, fallback: Config | None) -> Config:
 
 
 def _intro(run: RunFolder, config: Config) -> str:
-    if run.published.is_file():
-        doc = json.loads(run.published.read_text())
+    doc = read_published(run.path)
+    if doc is not None:
         return (f'<p class="lede">The original Taskonomy release\'s published affinities and win rates '
                 f"({_e(doc.get('images'))} set, {_e(doc.get('source'))}), imported by `taskonomy published` in "
                 f"this engine's task names. No data, networks or losses are in this folder: stage IV solved the "
@@ -285,10 +285,10 @@ def _top_section(run: RunFolder) -> str:
 def _agreement_section(run: RunFolder) -> str:
     """This run's first-order affinities against the published 16k set (the 1k set for the 16k import itself),
     per target; computed from the shipped pickles (no BIP, a few milliseconds)."""
-    from taskonomy.taxonomy.compare import agreement, open_side
+    from taskonomy.taxonomy.compare import agreement, mean_spearman, open_side
 
-    published = json.loads(run.published.read_text()).get("images") if run.published.is_file() else None
-    reference = "published:1k" if published == "16k" else "published:16k"
+    published = read_published(run.path)
+    reference = "published:1k" if published and published["images"] == "16k" else "published:16k"
     rows = agreement(open_side(str(run.path)), open_side(reference))
     if not rows:
         return _na("Agreement with the published results", "no target in common")
@@ -296,8 +296,7 @@ def _agreement_section(run: RunFolder) -> str:
     def num(value: float) -> str:
         return "-" if math.isnan(value) else f"{value:.3f}"
 
-    kept = [r.spearman for r in rows if not math.isnan(r.spearman)]
-    mean = sum(kept) / len(kept) if kept else math.nan
+    mean = mean_spearman(rows)
     top1 = sum(r.top1_agree for r in rows) / len(rows)
     table = [[r.target, str(r.sources), num(r.spearman), num(r.kendall), r.top1_a or "-", r.top1_b or "-",
               "yes" if r.top1_agree else "no"] for r in rows]

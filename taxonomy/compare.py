@@ -31,8 +31,8 @@ from taskonomy import artifacts
 from taskonomy import tasks as registry
 from taskonomy.runfolder import RunFolder, save_figure, write_csv, write_json
 
-__all__ = ["Agreement", "BudgetAgreement", "Comparison", "Side", "agreement", "compare", "open_side", "run_compare",
-           "similarity_tree"]
+__all__ = ["Agreement", "BudgetAgreement", "Comparison", "Side", "agreement", "compare", "mean_spearman", "open_side",
+           "run_compare", "similarity_tree"]
 
 PUBLISHED = "published"
 
@@ -99,7 +99,7 @@ class Comparison:
 
     @property
     def mean_spearman(self) -> float:
-        return _nanmean([t.spearman for t in self.targets])
+        return mean_spearman(self.targets)
 
     def summary(self) -> dict[str, Any]:
         """The JSON summary: means, per-budget sets and overlaps, the trees' agreement."""
@@ -115,6 +115,11 @@ class Comparison:
 def _nanmean(values: Sequence[float]) -> float:
     kept = [v for v in values if not math.isnan(v)]
     return float(np.mean(kept)) if kept else math.nan
+
+
+def mean_spearman(rows: Sequence[Agreement]) -> float:
+    """The mean per-target Spearman of `agreement`'s rows (a target with too few sources left out)."""
+    return _nanmean([r.spearman for r in rows])
 
 
 def _rounded(value: float) -> float | None:
