@@ -51,6 +51,10 @@ class Affinity:
     # release's t__t, a readout on t's own encoder) where that scored higher; both need t's labels
     own: dict[str, str] = field(default_factory=dict)
 
+    def column(self, transfer: Transfer) -> str:
+        """The affinity column `transfer` stands for: its name, or for ({t}, t) the column in `own`."""
+        return self.own.get(transfer.target, "full") if transfer.name == "full" else transfer.name
+
 
 def _registry_order(names: set[str]) -> list[str]:
     known = [t.name for t in registry.all_tasks() if t.name in names]
@@ -158,10 +162,11 @@ def _solve_checked(problem: Problem, cfg: TaxonomyConfig) -> Solution:
     return solution
 
 
-def solve_policy(config: Config, run_dir: Path) -> tuple[Problem, Solution]:
-    """The configured BIP over the run's affinities and its optimal policy (infeasible: a one-line error)."""
+def solve_policy(config: Config, run_dir: Path, affinity: Affinity | None = None) -> tuple[Problem, Solution]:
+    """The configured BIP over the run's affinities (`affinity`, when the caller read them already) and its optimal
+    policy (infeasible: a one-line error)."""
     cfg = config.taxonomy
-    problem = make_problem(read_affinity(run_dir), cfg, cfg.budget, cfg.max_order)
+    problem = make_problem(affinity or read_affinity(run_dir), cfg, cfg.budget, cfg.max_order)
     return problem, _solve_checked(problem, cfg)
 
 
@@ -188,10 +193,10 @@ def sweep_policies(config: Config, run_dir: Path, max_order: int | None = None,
     return points, probe, losses
 
 
-def _policy_doc(problem: Problem, policy: dict[str, Transfer], own: dict[str, str]) -> dict[str, Any]:
+def _policy_doc(problem: Problem, policy: dict[str, Transfer], affinity: Affinity) -> dict[str, Any]:
     """Per target its transfer; `column` names the affinity column (in a published folder, ({t}, t) may be the
     release's t__t, column t, rather than full)."""
-    return {t: {"transfer": tr.name, "column": own.get(t, tr.name) if tr.name == "full" else tr.name,
+    return {t: {"transfer": tr.name, "column": affinity.column(tr),
                 "sources": list(tr.sources), "order": tr.order, "affinity": tr.affinity,
                 "importance": problem.importance_of(t)} for t, tr in policy.items()}
 
@@ -201,11 +206,11 @@ def run_solve(config: Config, run_dir: Path) -> tuple[Solution, list[Path]]:
     from taskonomy.taxonomy.graph import taxonomy_figure
 
     cfg = config.taxonomy
-    problem, solution = solve_policy(config, run_dir)
-    own = read_affinity(run_dir).own if artifacts.read_published(run_dir) else {}
+    affinity = read_affinity(run_dir)
+    problem, solution = solve_policy(config, run_dir, affinity)
     doc = {"budget": cfg.budget, "max_order": cfg.max_order, "solver": cfg.solver, "status": solution.status,
            "objective": solution.objective, "label_cost": solution.label_cost,
-           "supervised": list(solution.supervised), "policy": _policy_doc(problem, solution.policy, own),
+           "supervised": list(solution.supervised), "policy": _policy_doc(problem, solution.policy, affinity),
            "sources": list(problem.sources), "targets": list(problem.targets), "seconds": round(solution.seconds, 4)}
     title = (f"Taxonomy: budget {cfg.budget:g}, max order {cfg.max_order}, {len(solution.supervised)} supervised, "
              f"objective {solution.objective:.3f} ({solution.status})")
@@ -304,8 +309,8 @@ def run_all_for_one(config: Config, run_dir: Path, target: str, supervised: Sequ
         best = all_for_one(affinity.transfers, target, supervised, order)
         gain, quality = score({target: best.name}).get(target, (math.nan,) * 2) if best else (
             math.nan, math.nan)
-        column = (affinity.own.get(target, "full") if best.name == "full" else best.name) if best else None
-        rows.append({"max_order": order, "transfer": best.name if best else None, "column": column,
+        rows.append({"max_order": order, "transfer": best.name if best else None,
+                     "column": affinity.column(best) if best else None,
                      "sources": list(best.sources) if best else [], "affinity": best.affinity if best else None,
                      "gain": _json_float(gain), "quality": _json_float(quality)})
     if best is None:
