@@ -674,6 +674,38 @@ def compare(options: _Options, a: str, b: str, out: str | None, max_budget: int)
          f"{', '.join(str(p) for p in paths)}")
 
 
+def _budgets(value: str) -> list[float]:
+    try:
+        budgets = [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected budgets like 3,4,5, got {value!r}", param_hint="--budgets") from None
+    if not budgets or any(not math.isfinite(b) or b <= 0 for b in budgets):
+        raise click.BadParameter(f"expected positive budgets like 3,4,5, got {value!r}", param_hint="--budgets")
+    return budgets
+
+
+@cli.command()
+@click.option("--budgets", default="3,4,5", show_default=True, metavar="B,B,...",
+              help="Budgets at which the taxonomy goal solves the BIP (at the run's highest order).")
+@click.pass_obj
+def science(ctx: Context, budgets: str) -> None:
+    """The issue's science goals measured on a finished run: one line per goal, science.csv and science.json.
+    Exit 0 whether the goals pass or miss; 2 for a folder that is not a finished run."""
+    from taskonomy.taxonomy.science import line, per_target, run_science
+
+    result, paths = run_science(ctx.config, ctx.run_dir, _budgets(budgets))
+    echo = click.echo if ctx.progress else (lambda *_, **__: None)
+    for goal in result.goals:
+        echo(f"science: {line(goal)}")
+        if goal.key == "published":
+            echo(f"science:   per target: {per_target(goal)}")
+    if result.timings:
+        echo("science: stage timings (run_timings.json): " + ", ".join(
+            f"{k} {v:.1f} s" for k, v in result.timings.items()) + f"; total {sum(result.timings.values()):.1f} s")
+    echo(f"science: {sum(g.passed for g in result.goals)} of {len(result.goals)} goals pass -> "
+         f"{', '.join(str(p) for p in paths)}")
+
+
 STAGES = ("data", "train", "extract", "transfer", "ahp", "solve", "evaluate", "report")
 
 

@@ -67,6 +67,8 @@ FILES = {
     "compare_csv": "compare.csv",  # `taskonomy compare`: per-target agreement of two runs
     "compare_json": "compare.json",
     "compare_figure": "compare.png",
+    "science_csv": "science.csv",  # `taskonomy science`: the science goals measured, one row per check
+    "science_json": "science.json",
     "report": "report",
 }
 # Which command rebuilds each store (for one-line errors).
