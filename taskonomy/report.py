@@ -309,6 +309,22 @@ def _agreement_section(run: RunFolder) -> str:
                       "same"], table, [not r.top1_agree for r in rows]))
 
 
+def _science_section(run: RunFolder) -> str:
+    """The science goals `taskonomy science` measured (science.json): one row per goal, what misses."""
+    doc = json.loads(run.science_json.read_text())
+
+    def num(value: Any) -> str:
+        return "-" if value is None else f"{float(value):.4g}"
+
+    rows = [[g["key"], g["title"], num(g["value"]), num(g["threshold"]), "PASS" if g["passed"] else "MISS",
+             ", ".join(g["misses"]) or "-"] for g in doc["goals"]]
+    return (f"<p>The issue's science goals measured on this run by <code>taskonomy science</code> "
+            f"({_e(run.science_json.name)}; every target's value in {_e(run.science_csv.name)}): "
+            f"{_e(doc['goals_passed'])} of {len(rows)} pass.</p>"
+            + _table(["goal", "what", "value", "threshold", "result", "misses"], rows,
+                     [not g["passed"] for g in doc["goals"]]))
+
+
 def _versions() -> list[list[str]]:
     rows = [["python", sys.version.split()[0]]]
     for name in PACKAGES:
@@ -379,6 +395,8 @@ def _sections(run: RunFolder, config: Config, out: Path, timings: dict[str, floa
         ("published", "Agreement with the published Taskonomy results",
          _guarded("the published results", _agreement_section, run)),
         ("taxonomy", "Stage IV: taxonomies", _taxonomy_section(run, out)),
+        ("science", "Science checks", _guarded(run.science_json.name, _science_section, run)
+         if run.science_json.is_file() else None),  # only where `taskonomy science` measured the run
         ("evaluation", "Gain and quality", _guarded(run.supervision_saved_csv.name, _evaluation_section, run, out)),
         ("metadata", "Run metadata", _metadata_section(run, config, timings)),
     ]
