@@ -31,7 +31,10 @@ from taskonomy.store import (bytes_per_image, chunk_length, create_image_array, 
 __all__ = ["GENERATOR_VERSION", "build_data", "data_hash", "generate_images", "is_imported", "make_splits", "open_data",
            "plan_arrays"]
 
-GENERATOR_VERSION = "2"  # 2: colorization labels are chroma bins
+# 2: colorization labels are chroma bins; 3: the richer world of issue 15 (furniture of several primitives,
+# 3..10 pieces a room, columns, room type told by the furniture only, materials independent of room type and
+# class, 1..3 lights)
+GENERATOR_VERSION = "3"
 DERIVED_INPUTS = ("gray", "noisy", "masked", "permuted")
 
 
@@ -54,7 +57,7 @@ def plan_arrays(data: DataConfig) -> dict[str, tuple[tuple[int, ...], str]]:
 
 
 def _scene(data: DataConfig, seed: int, index: int) -> Scene:
-    return sample_scene(np.random.default_rng([seed, index, 0]), data.max_objects, data.n_lights)
+    return sample_scene(np.random.default_rng([seed, index, 0]), data.max_objects, data.n_lights, data.min_objects)
 
 
 def generate_images(data: DataConfig, seed: int, indices: np.ndarray) -> dict[str, np.ndarray]:
