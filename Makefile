@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 CONFIG  ?= configs/default.yaml
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup lint test test-slow demo data preview train extract transfer add-target add-source ahp taxonomy report upgrade published compare bench clean
+.PHONY: setup lint test test-slow demo data preview train extract transfer add-target add-source ahp taxonomy report upgrade published compare science bench clean
 
 setup: $(STAMP)
 
@@ -81,6 +81,10 @@ published: setup
 
 compare: setup
 	$(BIN)/taskonomy compare $(RUN) published:$(IMAGES)
+
+# The issue's science goals measured on the finished run (science.csv/json in $(RUN)); exit 0 whether they pass.
+science: setup
+	$(BIN)/taskonomy --run-dir $(RUN) science
 
 # A run folder made by an older version: verify its stores and record what this version needs.
 upgrade: setup

@@ -700,7 +700,7 @@ def science(ctx: Context, budgets: str) -> None:
         if goal.key == "published":
             echo(f"science:   per target: {per_target(goal)}")
     if result.timings:
-        echo("science: stage timings (run_timings.json): " + ", ".join(
+        echo(f"science: stage timings ({FILES['run_timings']}): " + ", ".join(
             f"{k} {v:.1f} s" for k, v in result.timings.items()) + f"; total {sum(result.timings.values()):.1f} s")
     echo(f"science: {sum(g.passed for g in result.goals)} of {len(result.goals)} goals pass -> "
          f"{', '.join(str(p) for p in paths)}")

@@ -199,7 +199,7 @@ def controls_goals(rows: Mapping[str, Mapping[str, float]]) -> list[Goal]:
             half.append(Check(target, rank, need, rank >= need, f"of {n}, needs >= {need}"))
     wanted = -(-15 * len(quarter) // 18)  # ceil(15/18 n) in integers: "15 of 18" scaled to the run's targets
     hits = sum(c.passed for c in quarter)
-    random = Goal("random", "random in the bottom quarter of the first-order sources for 15 of 18 targets",
+    random = Goal("random", "random in the bottom quarter of the first-order sources for 15 of 18 targets (scaled)",
                   "targets where its rank >= the bottom quarter's first, at least threshold", hits, wanted,
                   bool(quarter) and hits >= wanted, quarter, "" if quarter else "random was not tried")
     pixels = _all_pass("pixels", "pixels in the bottom half of the first-order sources but for low-level targets",
