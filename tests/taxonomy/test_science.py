@@ -64,14 +64,18 @@ def test_gain_is_the_win_rate_of_the_best_first_order_source_against_scratch():
 
 def test_gain_takes_the_source_chosen_on_validation(monkeypatch):
     table = _table("normal", {"full": 0.3, "scratch": 0.6, "depth_zbuffer": 0.4, "reshading": 0.5})
-    validation = np.full((4, 10), np.nan)
-    validation[2], validation[3] = 0.9, 0.1  # on validation, reshading wins
-    table = _with_validation(table, validation)
+    validation = np.full((4, 10), np.nan)  # full and scratch have none
+    validation[2], validation[3] = 0.9, 0.1  # on validation, reshading wins; on test, depth_zbuffer
+    chosen = _with_validation(table, validation)
     monkeypatch.setattr(evaluate, "best_first_order", lambda losses: "reshading", raising=False)
-    goal = gain_goal({"normal": table})
+    goal = gain_goal({"normal": chosen})
     assert goal.checks[0].note == "from reshading" and goal.note == "chosen on validation"
-    monkeypatch.delattr(evaluate, "best_first_order")  # not there yet: the validation means decide all the same
-    assert gain_goal({"normal": table}).checks[0].note == "from reshading"
+    assert goal.checks[0].value == evaluate.win_rate(table.row("reshading"), table.row("scratch")) == 1.0
+    monkeypatch.undo()  # taxonomy.evaluate's own best_first_order (or, before it lands, the validation means)
+    assert gain_goal({"normal": chosen}).checks[0].note == "from reshading"
+    validation[3, 0] = np.nan  # a first-order row without validation losses: chosen on test, and said so
+    missing = gain_goal({"normal": _with_validation(table, validation)})
+    assert missing.checks[0].note == "from depth_zbuffer" and missing.note == NO_VALIDATION
 
 
 def test_consistency_and_stability_read_the_ahp_summary():
