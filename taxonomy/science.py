@@ -86,12 +86,17 @@ def _all_pass(key: str, title: str, rule: str, checks: list[Check], threshold: f
                 note or ("" if checks else "nothing to check"))
 
 
+def _worst(values: Sequence[float], pick) -> float:
+    """The worst of `values` by `pick` (max or min), NaN (a check that measured nothing) left out."""
+    return pick((v for v in values if not math.isnan(v)), default=math.nan)
+
+
 def stage1_goal(rows: Sequence[Mapping[str, str]]) -> Goal:
     """1. Every stage I network beats its trivial baseline (stage1_quality.csv's beats_baseline: ratio below 0.9
     and a per-image win rate above 0.5)."""
     checks = [Check(r["task"], float(r["ratio"]), 0.9, r["beats_baseline"] == "True",
                     f"win rate {float(r['win_rate']):.3f}") for r in rows]
-    worst = max((c.value for c in checks), default=math.nan)
+    worst = _worst([c.value for c in checks], max)
     return _all_pass("stage1", "stage I: every network beats its trivial baseline",
                      "ratio to the baseline's loss < threshold and win rate > 0.5", checks, 0.9, worst)
 
@@ -131,7 +136,7 @@ def gain_goal(losses: Mapping[str, TargetLosses]) -> Goal:
         notes.add(where)
         gain = evaluate.win_rate(table.row(best), table.row("scratch"))
         checks.append(Check(target, gain, 0.5, gain > 0.5, f"from {best}"))
-    worst = min((c.value for c in checks), default=math.nan)
+    worst = _worst([c.value for c in checks], min)
     return _all_pass("gain", "gain of the best first-order source against scratch > 0.5 for every target",
                      "test win rate > threshold", checks, 0.5, worst, "; ".join(sorted(notes)))
 
@@ -139,7 +144,7 @@ def gain_goal(losses: Mapping[str, TargetLosses]) -> Goal:
 def consistency_goal(summary: Sequence[SummaryRow], limit: float = 0.5) -> Goal:
     """3. AHP's consistency ratio below `limit` for every target (ahp_summary.csv)."""
     checks = [Check(r.target, r.consistency_ratio, limit, r.consistency_ratio < limit) for r in summary]
-    worst = max((c.value for c in checks), default=math.nan)
+    worst = _worst([c.value for c in checks], max)
     return _all_pass("consistency", "AHP consistency ratio < 0.5 for every target", "value < threshold", checks,
                      limit, worst)
 
@@ -158,7 +163,7 @@ def degenerate_goal(losses: Mapping[str, TargetLosses], share: float = 0.05) -> 
         spread = (median - best) / full if full > 0 else math.nan
         checks.append(Check(target, spread, share, spread > share,
                             f"best {best:.4g}, median {median:.4g}, full {full:.4g}"))
-    worst = min((c.value for c in checks), default=math.nan)
+    worst = _worst([c.value for c in checks], min)
     return _all_pass("degenerate", "no degenerate target: (median - best) first-order mean test loss > 5% of full's",
                      "(median - best) / full > threshold", checks, share, worst)
 
@@ -168,7 +173,7 @@ def stability_goal(summary: Sequence[SummaryRow], share: float = 0.6) -> Goal:
     checks = [Check(r.target, r.top_source_stability, share, r.top_source_stability >= share,
                     f"top {r.top_source}" if not math.isnan(r.top_source_stability) else "no bootstrap")
               for r in summary]
-    worst = min((c.value for c in checks), default=math.nan)
+    worst = _worst([c.value for c in checks], min)
     return _all_pass("stability", "the top source stays on top in >= 60% of bootstrap resamples",
                      "value >= threshold", checks, share, worst)
 
