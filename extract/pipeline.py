@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from taskonomy import TaskonomyError
 from taskonomy import tasks as registry
@@ -27,6 +28,7 @@ from taskonomy.extract.stage1 import (baseline_losses, quality_row, resolve_devi
                                       train_task)
 from taskonomy.runfolder import RunFolder
 from taskonomy.scenes.dataset import data_hash, open_data
+from taskonomy.workers import job_workers, run_jobs
 
 __all__ = ["STAGE1_VERSION", "added_network", "build_sources", "extract_all", "source_names", "train_all"]
 
@@ -59,23 +61,50 @@ def _task_seed(seed: int, task: str) -> int:
 
 
 def train_all(config: Config, run_dir: Path, force: bool = False, progress: bool = True) -> list[dict]:
-    """Train (or keep) one network per source task; writes the quality table; returns its rows."""
+    """Train (or keep) one network per source task; writes the quality table; returns its rows.
+
+    The networks train side by side, one per core on one thread each (taskonomy.workers); each checkpoint is
+    saved as soon as its network is done, so a run killed midway keeps every finished network.
+    """
     data = open_data(RunFolder(run_dir).data, config)
     device = resolve_device(config.train.device)
-    rows = []
+    rows: dict[str, dict] = {}
+    todo = []
     for task in trained_tasks(config, list(data.attrs["tasks"])):
         path, stamp = checkpoint_path(run_dir, task), _model_hash(config, data_hash(data), task)
         if not force and stored_hash(path) == stamp:
-            rows.append({**load_checkpoint(path)["quality"], "status": "up to date"})
-            continue
-        result, test = _train_and_test(task, data, config, device, progress)
+            rows[task] = {**load_checkpoint(path)["quality"], "status": "up to date"}
+        else:
+            rows[task] = {}
+            todo.append((task, path, stamp))
+    workers = job_workers(config.threads, device)
+    bar = tqdm(total=len(todo), desc="stage I networks", unit="net", disable=not progress or workers == 1)
+
+    def train(item: tuple[str, Path, str]):
+        return _train_and_test(item[0], data, config, device, progress and workers == 1)
+
+    def save(i: int, outcome) -> None:
+        (task, path, stamp), (result, test) = todo[i], outcome
         row = {**quality_row(task, test, baseline_losses(task, data, "test", result.scaler)),
                "best_epoch": result.best_epoch, "seconds": round(result.seconds, 2),
                "images_per_s": round(result.images_per_second, 1)}
         save_checkpoint(path, _payload(stamp, task, result, test, quality=row))
-        rows.append({**row, "status": "trained"})
-    _write_quality(RunFolder(run_dir).stage1_quality, rows)
-    return rows
+        rows[task] = {**row, "status": "trained"}
+        bar.update()
+        if not bar.disable:
+            bar.write(f"  {task}: {result.seconds:.0f} s, ratio to baseline {row['ratio']:.3f}")
+
+    run_jobs(train, todo, workers, cost=lambda item: _train_cost(item[0], data, config), done=save)
+    bar.close()
+    _write_quality(RunFolder(run_dir).stage1_quality, list(rows.values()))
+    return list(rows.values())
+
+
+def _train_cost(task: str, data, config: Config) -> float:
+    """Relative work of training `task`'s network (dense decoders cost ~2x a global head; pairs read 2 views)."""
+    head = registry.get(task).head
+    return data["splits/train"].shape[0] * config.train.epochs * (2.0 if head == "dense" else 1.0) * \
+        (2.0 if head == "pair" else 1.0)
 
 
 def added_network(config: Config, run_dir: Path, added, labels: np.ndarray, data, device: torch.device,

@@ -38,6 +38,7 @@ from taskonomy.losses import get_loss
 from taskonomy.tasks import Task
 from taskonomy.torchutil import (CLASS_LOSSES, EVAL_BATCH, LabelScaler, channel_axes, deterministic, fit_scaler,
                                  resolve_device)
+from taskonomy.workers import seeded
 
 __all__ = ["CLASS_LOSSES", "LabelScaler", "TrainResult", "as_task", "baseline_losses", "fit_scaler", "input_arrays",
            "load_split", "quality_row", "resolve_device", "restore_network", "test_losses", "train_task",
@@ -180,8 +181,8 @@ def train_task(task_name: Task | str, data_group: zarr.Group, train_cfg: TrainCo
     loss_fn = get_loss(task.loss)
     start = time.perf_counter()
     with deterministic(device):
-        torch.manual_seed(seed)
-        network = build_network(task, train_cfg, x.shape[-1]).to(device).train()
+        with seeded(seed):  # the default initialisation draws from torch's global generator
+            network = build_network(task, train_cfg, x.shape[-1]).to(device).train()
         optimizer = torch.optim.AdamW(network.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay,
                                       fused=True)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine_with_warmup(train_cfg.epochs * steps))

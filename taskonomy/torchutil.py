@@ -9,6 +9,7 @@ label standardisation every target's losses are measured in.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -78,19 +79,33 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
+_DETERMINISTIC_LOCK = threading.Lock()
+_DETERMINISTIC_USERS: list[None] = []  # blocks inside `deterministic` now, in any thread
+_DETERMINISTIC_BEFORE: list[bool] = []  # the switch as the first of them found it
+
+
 @contextlib.contextmanager
 def deterministic(device: torch.device) -> Iterator[None]:
     """Deterministic kernels around training on CPU (every op used has one there).
 
     On CUDA this is not switched on: it needs CUBLAS_WORKSPACE_CONFIG set before CUDA starts and
     refuses some losses' kernels, so CUDA runs are seeded but not bitwise reproducible.
+    The switch is process-wide: jobs training side by side in threads (taskonomy.workers) share one
+    switch, counted, so the first job to finish does not turn it off under the others.
     """
     if device.type != "cpu":
         yield
         return
-    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=False)
+    with _DETERMINISTIC_LOCK:
+        if not _DETERMINISTIC_USERS:
+            _DETERMINISTIC_BEFORE[:] = [torch.are_deterministic_algorithms_enabled(),
+                                        torch.is_deterministic_algorithms_warn_only_enabled()]
+            torch.use_deterministic_algorithms(True, warn_only=False)
+        _DETERMINISTIC_USERS.append(None)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        with _DETERMINISTIC_LOCK:
+            _DETERMINISTIC_USERS.pop()
+            if not _DETERMINISTIC_USERS:
+                torch.use_deterministic_algorithms(_DETERMINISTIC_BEFORE[0], warn_only=_DETERMINISTIC_BEFORE[1])
