@@ -165,7 +165,7 @@ def _table(rng: np.random.Generator) -> list[_Part]:
 
 def _cabinet(rng: np.random.Generator) -> list[_Part]:
     lx, ly, hz = rng.uniform(0.25, 0.6), rng.uniform(0.2, 0.3), rng.uniform(0.35, 1.0)
-    if rng.random() < 0.3:  # a round cabinet with a knob
+    if rng.random() < 0.4:  # a round cabinet with a knob
         r, k = rng.uniform(0.22, 0.4), rng.uniform(0.02, 0.035)
         return [(CYLINDER, (0.0, 0.0, hz), (r, r, hz)), (SPHERE, (0.0, -r - k, 1.4 * hz), (k, k, k))]
     parts = [(BOX, (0.0, 0.0, hz), (lx, ly, hz))]
@@ -223,11 +223,11 @@ assert tuple(_BUILDERS) == OBJECT_CLASSES
 # room type -> (the class every room of the type holds, relative frequency of each class in OBJECT_CLASSES
 # order for the others). Only the objects tell the room type: its surfaces look like any other room's.
 _ROOM_SPEC = {
-    "bedroom": (0, (2, 0, 0, 3, 1, 3, 2, 0)),
-    "living_room": (1, (0, 2, 3, 0, 1, 3, 3, 1)),
-    "kitchen": (3, (0, 0, 3, 6, 3, 0, 1, 0)),
-    "office": (4, (0, 0, 4, 1, 5, 3, 1, 0)),
-    "playroom": (7, (0, 1, 1, 1, 1, 0, 1, 7)),
+    "bedroom": (0, (4, 0, 0, 3, 0, 3, 1, 0)),
+    "living_room": (1, (0, 4, 3, 0, 0, 1, 3, 0)),
+    "kitchen": (3, (0, 0, 3, 6, 3, 0, 0, 0)),
+    "office": (4, (0, 0, 3, 1, 6, 2, 0, 0)),
+    "playroom": (7, (0, 0, 0, 0, 1, 0, 1, 8)),
 }
 assert tuple(_ROOM_SPEC) == ROOM_TYPES
 _ALL_KINDS = (TEX_PLAIN, TEX_STRIPES, TEX_CHECKER, TEX_NOISE)
@@ -274,7 +274,7 @@ def sample_scene(rng: np.random.Generator, max_objects: int = 10, n_lights: int 
     prims, groups, classes, circles = [], [], [], []  # circles: (xy, radius) of placed footprints
     column = _material(rng, (0.0, 0.4), (0.5, 0.95), _ALL_KINDS)
     pillars = []  # columns: part of the room (class 1, background), placed after the room's first piece
-    for _ in range(int(rng.integers(1, 5)) if rng.random() < 0.8 else 0):
+    for _ in range(int(rng.integers(1, 6)) if rng.random() < 0.85 else 0):
         r = rng.uniform(0.12, 0.3)
         if rng.random() < 0.5:  # a half-column in a wall: curved surface where a view meets a wall
             axis, side = int(rng.integers(2)), int(rng.integers(2))
@@ -375,10 +375,12 @@ def sample_camera(scene: Scene, rng: np.random.Generator, fov: float) -> Camera:
     """
     groups = scene.obj_group if scene.obj_group is not None else np.arange(scene.n_objects)
     pieces = np.unique(groups[groups >= 0])
-    if len(pieces) and rng.random() < 0.8:
-        target = scene.obj_center[groups == pieces[rng.integers(len(pieces))]].mean(axis=0)
-        # from a free spot ~0.8..2.5 m away, so that the furniture fills a good part of the view
-        position = _free_position(scene, rng, np.array([target[0], target[1], 1.4]), (0.8, 2.5))
+    if len(pieces) and rng.random() < 0.9:
+        piece = groups == pieces[rng.integers(len(pieces))]
+        target = scene.obj_center[piece].mean(axis=0)
+        reach = np.max(np.hypot(*(scene.obj_center[piece, :2] - target[:2]).T) + scene.footprint[piece])
+        # from a free spot ~0.3..1.6 m beyond the piece's footprint, so that it fills a good part of the view
+        position = _free_position(scene, rng, np.array([target[0], target[1], 1.4]), (reach + 0.3, reach + 1.6))
         delta = target - position
         yaw = np.arctan2(delta[1], delta[0]) + rng.uniform(-0.35, 0.35)
         pitch = np.clip(np.arctan2(delta[2], np.hypot(delta[0], delta[1])) + rng.uniform(-0.1, 0.15), -0.6, 0.05)
