@@ -6,8 +6,10 @@
     affinity = read_affinity("runs/default")       # affinity.csv: targets x transfers, rows sum to 1
 
 transfers.zarr (stage II writes, stages III and IV, the report and the Python API read): per target a group
-with `losses` [n_transfers, n_test] float64 and attributes `transfers` (row names), `orders`, `stamps`,
-`stamp`, `loss`, `complete`. Row names are "full" (the target's stage I network), "scratch" (the stage I
+with `losses` [n_transfers, n_test] float64, `validation` [n_transfers, n_validation] float64 (the readouts'
+losses on the validation part of the transfer split, NaN for `full` and `scratch`) and attributes `transfers`
+(row names), `orders`, `stamps`, `stamp`, `loss`, `complete`; the root's `test_index` and `validation_index`
+name the columns' data.zarr images. Row names are "full" (the target's stage I network), "scratch" (the stage I
 architecture trained on the transfer split), or the sources of a readout sorted and joined by "+".
 affinity.csv (stage III writes, stage IV, the report and the API read): a `target` column, then one column
 per transfer, empty where a target did not try it. Readers check what they read and raise one-line
@@ -77,13 +79,15 @@ def order_of(name: str) -> int:
 
 @dataclass(frozen=True)
 class TargetLosses:
-    """One target's rows of transfers.zarr: per-image test losses (n_transfers, n_test)."""
+    """One target's rows of transfers.zarr: per-image test losses (n_transfers, n_test) and, where stored,
+    per-image validation losses (n_transfers, n_validation), NaN in the rows that have none (full, scratch)."""
 
     target: str
     transfers: list[str]
     orders: list[int]
     losses: np.ndarray  # (n_transfers, n_test) float64
     stamps: list[str] = field(default_factory=list)
+    validation: np.ndarray | None = None  # (n_transfers, n_validation) float64; None: the store has none
 
     def row(self, name: str) -> np.ndarray:
         """The per-image test losses of transfer `name`."""
@@ -92,6 +96,15 @@ class TargetLosses:
         except ValueError:
             raise TaskonomyError(f"target {self.target} has no transfer {name!r} in the loss table "
                                  f"(rows: {', '.join(self.transfers)})") from None
+
+    def validation_mean(self, name: str) -> float:
+        """Mean loss of transfer `name` on the validation part of the transfer split: what selection ranks on."""
+        self.row(name)  # an unknown row is named as such
+        values = None if self.validation is None else self.validation[self.transfers.index(name)]
+        if values is None or not len(values) or not np.isfinite(values).all():
+            raise TaskonomyError(f"target {self.target}: transfer {name!r} has no validation losses in the loss "
+                                 f"table (full and scratch never do; else rerun `taskonomy transfer`)")
+        return float(values.mean())
 
 
 @dataclass(frozen=True)
@@ -113,6 +126,11 @@ class LossTable:
     def test_index(self) -> list[int]:
         """data.zarr image indices of the test images, the columns of every loss table."""
         return [int(i) for i in self.attrs.get("test_index", [])]
+
+    @property
+    def validation_index(self) -> list[int]:
+        """data.zarr image indices of the validation part of the transfer split, the columns of `validation`."""
+        return [int(i) for i in self.attrs.get("validation_index", [])]
 
     @property
     def sources(self) -> list[str]:
@@ -196,36 +214,51 @@ def read_losses(run_dir: str | os.PathLike, targets: Sequence[str] | None = None
                 raise TaskonomyError(f"{path}: target {target}: transfer {names[row]} has NaN/inf test losses "
                                      f"({int(bad[row].sum())} of {bad.shape[1]} images); rebuild it with "
                                      f"`{rebuild} --force`")
+            validation = None
+            if "validation" in group:
+                validation = np.asarray(group["validation"][...], dtype=np.float64)
+                n_val = len(attrs.get("validation_index", []))
+                if validation.shape != (losses.shape[0], n_val):
+                    raise TaskonomyError(f"{where}: validation losses of shape {validation.shape}, expected "
+                                         f"({losses.shape[0]}, {n_val}); rebuild it with `{rebuild} --force`")
             found[target] = TargetLosses(target, names, [order_of(n) for n in names], losses,
-                                         [str(s) for s in group.attrs.get("stamps", [])])
+                                         [str(s) for s in group.attrs.get("stamps", [])], validation)
     if len({t.losses.shape[1] for t in found.values()}) > 1:
         raise TaskonomyError(f"{path}: targets were tested on different numbers of images")
     return LossTable(path, attrs, found)
 
 
-def existing_rows(store: Any, target: str) -> dict[str, tuple[str, np.ndarray]]:
+def existing_rows(store: Any, target: str) -> dict[str, tuple[str, np.ndarray, np.ndarray | None]]:
     """Rows of an earlier run of `target` that were fully written (first order at least): name -> (stamp,
-    losses). Missing, half-written or garbled groups give nothing to reuse."""
+    test losses, validation losses or None where the store has none). Missing, half-written or garbled groups
+    give nothing to reuse."""
     try:
         group = store[target]
         names, stamps = group.attrs["transfers"], group.attrs["stamps"]
         if not group.attrs.get("rows_written"):
             return {}
         losses = np.asarray(group["losses"][:])
+        validation = np.asarray(group["validation"][:]) if "validation" in group else None
+        if validation is not None and len(validation) != len(losses):
+            validation = None
     except Exception:
         return {}
-    return {n: (s, losses[i]) for i, (n, s) in enumerate(zip(names, stamps, strict=True))}
+    return {n: (s, losses[i], None if validation is None else validation[i])
+            for i, (n, s) in enumerate(zip(names, stamps, strict=True))}
 
 
-def write_target_losses(store: Any, target: str, rows: list[tuple[str, str, np.ndarray]], stamp: str, loss: str,
-                        complete: bool) -> None:
-    """(Re)write /<target> whole from rows (name, stamp, per-image losses) in their order; `complete` last."""
+def write_target_losses(store: Any, target: str, rows: list[tuple[str, str, np.ndarray, np.ndarray]], stamp: str,
+                        loss: str, complete: bool) -> None:
+    """(Re)write /<target> whole from rows (name, stamp, per-image test losses, per-image validation losses,
+    NaN where a row has none) in their order; `complete` last."""
     from taskonomy.store import codecs
 
-    losses = np.stack([r[2] for r in rows]).astype(np.float64)
     group = store.create_group(target, overwrite=True)
-    array = group.create_array("losses", shape=losses.shape, dtype="float64", chunks=losses.shape, **codecs())
-    array[...] = losses
+    for name, column in (("losses", 2), ("validation", 3)):
+        values = np.stack([r[column] for r in rows]).astype(np.float64)
+        array = group.create_array(name, shape=values.shape, dtype="float64",
+                                   chunks=tuple(max(1, n) for n in values.shape), **codecs())
+        array[...] = values
     group.attrs.update({"transfers": [r[0] for r in rows], "orders": [order_of(r[0]) for r in rows],
                         "stamps": [r[1] for r in rows], "stamp": stamp, "loss": loss, "rows_written": True,
                         "complete": complete})

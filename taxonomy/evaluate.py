@@ -7,23 +7,26 @@ split), quality = win rate against full supervision (the target's own stage I ne
 images; ties count for neither. A target that the policy supervises itself gets gain = win rate of full
 against scratch and quality 0.5 (self against self, the original release's convention). Pure NumPy.
 A folder of the published results has no losses: `published_scores` reads the release's win rates instead
-(gain = wins_vs_pixels, quality = wins_vs_task of the chosen transfer).
+(gain = wins_vs_pixels, quality = wins_vs_task of the chosen transfer). `best_first_order` picks a target's
+best single source on the validation part of the transfer split, so that a score of it on the test images
+is not a score of the selection itself.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from taskonomy import TaskonomyError
 from taskonomy.artifacts import TargetLosses
 from taskonomy.taxonomy.bip import Problem, Transfer, solve
 
 __all__ = [
-    "QUALITY_LEVELS", "Scorer", "SweepPoint", "policy_scores", "published_scores", "supervision_saved", "sweep",
-    "win_rate",
+    "QUALITY_LEVELS", "Scorer", "SweepPoint", "best_first_order", "policy_scores", "published_scores",
+    "supervision_saved", "sweep", "win_rate",
 ]
 
 QUALITY_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.45, 0.5)  # average quality asked of a policy; 0.5 = as if all labelled
@@ -32,6 +35,21 @@ QUALITY_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.45, 0.5)  # average quality asked of a p
 def win_rate(losses: np.ndarray, other: np.ndarray) -> float:
     """Fraction of test images on which `losses` is strictly lower than `other` (ties count for neither)."""
     return float(np.mean(losses < other)) if len(losses) else math.nan
+
+
+def best_first_order(losses: TargetLosses, exclude: Collection[str] = ()) -> str:
+    """The first-order source of `losses.target` with the lowest mean VALIDATION loss (the readouts' held-out
+    transfer scenes, never the test images), as the beam ranks them: the issue's "best first-order source,
+    chosen on validation". Every first-order row is eligible, the controls `random` and `pixels` included (a
+    control that wins says the target is degenerate); `exclude` leaves sources out (e.g. ("random", "pixels")).
+    Ties go to the earlier row. One-line TaskonomyError when no row is eligible or validation losses are missing.
+    """
+    names = [n for n, o in zip(losses.transfers, losses.orders, strict=True) if o == 1 and n not in set(exclude)]
+    if not names:
+        raise TaskonomyError(f"target {losses.target} has no first-order transfer to choose from"
+                             + (f" (excluded: {', '.join(exclude)})" if exclude else ""))
+    means = [losses.validation_mean(n) for n in names]
+    return names[int(np.argmin(means))]
 
 
 def policy_scores(policy: Mapping[str, str], losses: Mapping[str, TargetLosses]) -> dict[str, tuple[float, float]]:

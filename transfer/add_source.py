@@ -8,7 +8,8 @@ The encoder is what `extract.taskonomy_encoders` takes (a local visualpriors enc
 run's config under that name once its file loaded and gave a feature map (nothing is written before). Every
 other source's features and every row whose stamp is unchanged are kept, so afterwards transfers.zarr equals,
 row for row and bit for bit, a fresh `taskonomy transfer` with the source in the config; beam sets the new
-source pushed out of a target's top first-order sources are gone, as they would be.
+source pushed out of a target's top first-order sources (ranked by mean validation loss, as stage II ranks
+them) are gone, as they would be.
 """
 
 from __future__ import annotations

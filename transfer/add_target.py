@@ -13,8 +13,9 @@ supervised) and its labels are kept in the run folder (added_targets.json, added
 process-wide registry, so they travel with every later stage and with a job sent to a dask.distributed
 worker. It gets every row the other targets have: `full` (the stage I architecture trained on the train
 split with these labels, models/<name>.pt), `scratch` (trained on the transfer split), its first-order
-transfers from every cached source and the beam of higher orders. Later `transfer`, `run` and `--force`
-keep or retrain its rows by their stamps, as for every target.
+transfers from every cached source (readouts trained on the transfer split less its validation scenes) and
+the beam of higher orders, ranked on the labels of those validation scenes, never on the test images.
+Later `transfer`, `run` and `--force` keep or retrain its rows by their stamps, as for every target.
 """
 
 from __future__ import annotations

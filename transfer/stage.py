@@ -5,9 +5,15 @@
 Per target, the rows of /<target>/losses [n_transfers, n_test] are, in order: `full` (the target's stage I
 network, its per-image test losses saved at training time), every first-order source except the target
 itself (controls and loaded Taskonomy encoders included), the higher orders of the paper's beam search
-(for order k <= beam, every k-subset of the target's `beam` best first-order sources by mean test loss;
-for larger k the top k only), and `scratch` (the stage I architecture trained from scratch on the
+(for order k <= beam, every k-subset of the target's `beam` best first-order sources by mean VALIDATION
+loss; for larger k the top k only), and `scratch` (the stage I architecture trained from scratch on the
 transfer split). Row names are the sources joined by "+", sorted (see transfer_name).
+
+Honest selection: `transfer.validation` (default 0.2) of the transfer split's scenes, whole scenes chosen
+by the run's seed (extract.stage1.validation_mask), are held out from readout training; /<target>/validation
+[n_transfers, n_validation] holds every readout's per-image losses on them (NaN for full and scratch) and the
+root attribute `validation_index` their data.zarr indices. The beam ranks on these, never on the test
+images that AHP and evaluation score; the test labels change no beam set (tests/transfer/test_validation.py).
 
 Every row carries a stamp of what determines it (code version, data, readout config, seed, label
 scaler, its sources' encoder hashes). A row whose stamp is unchanged is kept, so adding a source or an
@@ -19,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +41,11 @@ from taskonomy.store import mark_complete
 from taskonomy.transfer.train import ReadoutJob, TrainReport, train_readouts
 
 __all__ = ["TRANSFER_VERSION", "TransferOutcome", "beam_transfers", "run_transfer", "transfer_name",
-           "transfer_targets"]
+           "transfer_targets", "validation_part"]
 
-TRANSFER_VERSION = "3"  # 2: dense readouts decode with upsampling convs; 3: a lone readout trains beside a companion
+# 2: dense readouts decode with upsampling convs; 3: a lone readout trains beside a companion; 4: readouts train
+# on the transfer split less its validation scenes, store their validation losses, and the beam ranks on those
+TRANSFER_VERSION = "4"
 
 
 def beam_transfers(ranked: list[str], max_order: int, beam: int = 5) -> list[tuple[str, ...]]:
@@ -65,9 +73,20 @@ class _Target:
     name: str
     job: ReadoutJob
     base: str  # stamp of everything but the sources
-    kept: dict[str, tuple[str, np.ndarray]]  # row name -> (stamp, losses) reusable from an earlier run
-    rows: dict[str, tuple[str, int, np.ndarray]]  # row name -> (stamp, order, losses) of this run
+    kept: dict[str, tuple[str, np.ndarray, np.ndarray | None]]  # row -> (stamp, test, validation) stored before
+    rows: dict[str, tuple[str, int, np.ndarray]]  # row name -> (stamp, order, test losses) of this run
     labels: np.ndarray | None = None  # one per data.zarr image for a target added from the cache, else None
+    validation: dict[str, np.ndarray] = field(default_factory=dict)  # readout row -> its validation losses
+    wanted: list[str] = field(default_factory=list)  # readout rows in the order asked for: the order written
+
+    def n_validation(self) -> int:
+        return int(np.count_nonzero(self.job.validation))
+
+    def reusable(self, name: str, stamp: str) -> bool:
+        """A kept readout row: the same stamp, and its validation losses stored with it (else it retrains)."""
+        kept = self.kept.get(name)
+        return kept is not None and kept[0] == stamp and kept[2] is not None and \
+            len(kept[2]) == self.n_validation() and bool(np.isfinite(kept[2]).all())
 
 
 @dataclass(frozen=True)
@@ -103,9 +122,12 @@ def _row_stamp(base: str, sources: tuple[str, ...], encoders: dict[str, str]) ->
 
 def _write_target(store: zarr.Group, target: _Target, complete: bool) -> None:
     """(Re)write /<target> whole: full first, then by order, scratch last; `complete` only once every order is in."""
-    order = sorted(target.rows.items(), key=lambda kv: (kv[0] == "scratch", kv[1][1] if kv[0] != "full" else -1))
-    write_target_losses(store, target.name, [(name, row[0], row[2]) for name, row in order], target.base,
-                        target.job.task.loss, complete)
+    place = {name: i for i, name in enumerate(target.wanted)}  # kept or retrained, a row keeps its place
+    order = sorted(target.rows.items(), key=lambda kv: (kv[0] == "scratch", kv[1][1] if kv[0] != "full" else -1,
+                                                        place.get(kv[0], -1)))
+    none = np.full(target.n_validation(), np.nan)
+    write_target_losses(store, target.name, [(name, row[0], row[2], target.validation.get(name, none))
+                                             for name, row in order], target.base, target.job.task.loss, complete)
 
 
 def _run_jobs(features: Path, jobs: list[ReadoutJob], config: Config, size: int, block: int,
@@ -171,18 +193,23 @@ def _train_rows(targets: list[_Target], wanted: dict[str, list[tuple[str, ...]]]
         missing = []
         for sources in wanted[target.name]:
             name, stamp = transfer_name(sources), _row_stamp(target.base, sources, encoders)
-            if target.kept.get(name, ("",))[0] == stamp:
+            target.wanted.append(name)
+            if target.reusable(name, stamp):
                 target.rows[name] = (stamp, len(sources), target.kept[name][1])
+                target.validation[name] = target.kept[name][2]
             else:
                 missing.append(sources)
         if missing:
             jobs.append(ReadoutJob(target.name, missing, target.job.labels_transfer, target.job.labels_test,
-                                   target.job.scaler, target.job.seed, target.job.task))
+                                   target.job.scaler, target.job.seed, target.job.task, target.job.validation))
     losses, report = _run_jobs(features, jobs, config, size, block, progress)
     for job in jobs:
         target = next(t for t in targets if t.name == job.target)
-        for sources, row in zip(job.transfers, losses[job.target]):
-            target.rows[transfer_name(sources)] = (_row_stamp(target.base, sources, encoders), len(sources), row)
+        result = losses[job.target]
+        for sources, test, validation in zip(job.transfers, result.test, result.validation, strict=True):
+            name = transfer_name(sources)
+            target.rows[name] = (_row_stamp(target.base, sources, encoders), len(sources), test)
+            target.validation[name] = validation
     return {job.target: len(job.transfers) for job in jobs}, report
 
 
@@ -200,13 +227,15 @@ def _readout_config(config: Config) -> dict[str, Any]:
 def _all_orders(targets: list[_Target], first: dict[str, list[tuple[str, ...]]], encoders: dict[str, str],
                 config: Config, features: Path, size: int, block: int, progress: bool,
                 after_first=None) -> tuple[dict[str, int], float]:
-    """First order, then the beam from its mean test losses; (rows trained per target, data-wait share)."""
+    """First order, then the beam from its mean VALIDATION losses (never the test split's, which AHP and
+    evaluation score); (rows trained per target, data-wait share)."""
     trained, report = _train_rows(targets, first, encoders, features, config, size, block, progress)
     if after_first:
         after_first()
     higher = {}
     for target in targets:
-        means = {s[0]: float(target.rows[s[0]][2].mean()) for s in first[target.name]}
+        means = {s[0]: float(target.validation[s[0]].mean()) for s in first[target.name]} \
+            if config.transfer.max_order > 1 else {}
         higher[target.name] = beam_transfers(sorted(means, key=means.get), config.transfer.max_order,
                                              config.transfer.beam)
     more, report2 = _train_rows(targets, higher, encoders, features, config, size, block, progress)
@@ -233,6 +262,21 @@ def _targets(config: Config, run: RunFolder, data_tasks: list[str], data_id: str
     return names, added
 
 
+def validation_part(data: zarr.Group, config: Config) -> np.ndarray:
+    """Mask over the transfer split: its validation part, `transfer.validation` of its scenes (whole scenes,
+    chosen by the run's seed). With higher orders to rank, an empty part is refused in one line."""
+    from taskonomy.extract.stage1 import validation_mask
+
+    held = validation_mask(data, config.transfer.validation, config.seed, "transfer")
+    if config.transfer.max_order > 1 and not held.any():
+        scenes = len(np.unique(data["meta/scene"].get_orthogonal_selection((data["splits/transfer"][:],)))) \
+            if "meta/scene" in data else 0
+        raise TaskonomyError(f"transfer.validation={config.transfer.validation} holds out none of the transfer "
+                             f"split's {scenes} scenes, and the beam ranks on them; use more scenes "
+                             f"(data.n_scenes, data.splits.transfer) or transfer.max_order 1")
+    return held
+
+
 def require_scheduler(config: Config) -> None:
     """A configured scheduler needs the optional distributed package: refused in one line before any work."""
     import importlib.util
@@ -254,6 +298,7 @@ def run_transfer(config: Config, run_dir: str | Path, force: bool = False, progr
     run = RunFolder(run_dir)
     data = open_data(run.data, config)
     data_tasks, data_id = list(data.attrs["tasks"]), data_hash(data)
+    held = validation_part(data, config)
     sources = source_names(config, data_tasks)
     features = open_features(run.features, sources, data_id)
     encoders, block = _cache_facts(features, sources)
@@ -281,6 +326,7 @@ def run_transfer(config: Config, run_dir: str | Path, force: bool = False, progr
     # set with the first write: until a row is written, a finished store stays as it was (and complete)
     root_attrs = {"data_hash": data_id, "complete": False, "targets": [n for n in names if n in present],
                   "sources": sources, "test_index": [int(i) for i in data["splits/test"][:]],
+                  "validation_index": [int(i) for i in data["splits/transfer"][:][held]],
                   "loss": {n: (added[n].task if n in added else registry.get(n)).loss for n in names}}
     targets = []
     for name in todo:
@@ -292,7 +338,7 @@ def run_transfer(config: Config, run_dir: str | Path, force: bool = False, progr
         identity = (added[name].labels_hash,) if name in added else ()  # an added target's labels are an input
         base = content_hash(TRANSFER_VERSION, data_id, readout_cfg, seed, name, scaler, block, *identity)
         job = ReadoutJob(name, [], _split_labels(data, name, "transfer", own), _split_labels(data, name, "test", own),
-                         scaler, seed, task)
+                         scaler, seed, task, held)
         target = _Target(name, job, base, {} if force else existing_rows(store, name), {}, own)
         trained[name] += _full_and_scratch(target, data, config, device, checkpoint, progress)
         targets.append(target)

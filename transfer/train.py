@@ -1,12 +1,16 @@
 """Train every readout of several targets from one pass over the cached features per epoch.
 
     losses, report = train_readouts(features_root, jobs, transfer_cfg, image_size)
+    losses["normal"].test, losses["normal"].validation       # (G, n_test), (G, n_validation) float64
 
-A job is one target with its list of transfers (tuples of sources). Per epoch the feature blocks of the
-transfer split are read once (Dask, one block ahead) and every job's readouts train on each batch of
-them; the readouts of one target are one grouped network (readouts.py). Then the test split is read once
-and every readout gets its per-image test losses, in the target's scaled label space (the stage I
-scaler when the target has a network, so `full`, `scratch` and readouts are comparable image by image).
+A job is one target with its list of transfers (tuples of sources) and the mask of the transfer split's
+validation part (whole scenes, transfer.validation of them; the same mask for every job). Per epoch the
+feature blocks of the transfer split are read once (Dask, one block ahead) and every job's readouts train
+on each batch of the rest of it (the "fit" part); the readouts of one target are one grouped network
+(readouts.py). Then the validation part and the test split are read once each and every readout gets its
+per-image losses on both, in the target's scaled label space (the stage I scaler when the target has a
+network, so `full`, `scratch` and readouts are comparable image by image). Selection (the beam's ranking,
+the best first-order source) reads the validation losses; the test losses are for AHP and evaluation only.
 
 Inputs of a readout: each source's features standardised per channel (transfer-split statistics),
 clipped to +-5 sigma (as the original release did), resized to the target grid (image / 8) and
@@ -29,6 +33,7 @@ import torch
 import torch.nn.functional as F
 import zarr
 
+from taskonomy import TaskonomyError
 from taskonomy import tasks as registry
 from taskonomy.config import TransferConfig
 from taskonomy.torchutil import EVAL_BATCH, LabelScaler, deterministic
@@ -37,7 +42,7 @@ from taskonomy.transfer.feed import FeatureFeed, channel_stats
 from taskonomy.tasks import Task
 from taskonomy.transfer.readouts import GroupedReadouts, build_readouts
 
-__all__ = ["ReadoutJob", "TrainReport", "train_readouts"]
+__all__ = ["ReadoutJob", "ReadoutLosses", "TrainReport", "train_readouts"]
 
 CLIP_SIGMA = 5.0
 
@@ -49,7 +54,8 @@ def readout_seed(seed: int, transfer: tuple[str, ...]) -> int:
 
 @dataclass
 class ReadoutJob:
-    """The readouts of one target: its transfers, labels of both splits (stored dtype) and label scaler."""
+    """The readouts of one target: its transfers, labels of both splits (stored dtype), label scaler and the
+    validation mask over the transfer split (True: held out from training; None: nothing held out)."""
 
     target: str
     transfers: list[tuple[str, ...]]
@@ -59,10 +65,22 @@ class ReadoutJob:
     seed: int = 0
     task: Task | None = None  # the target's dictionary entry; None = the registered task `target`. A target
     # added from the cache travels here, so a dask.distributed worker needs no registry of its own
+    validation: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.task is None:
             self.task = registry.get(self.target)
+        if self.validation is None:
+            self.validation = np.zeros(len(self.labels_transfer), bool)
+
+
+@dataclass(frozen=True)
+class ReadoutLosses:
+    """One job's per-image losses, a row per transfer in the job's order: on the test split and on the
+    validation part of the transfer split."""
+
+    test: np.ndarray  # (G, n_test) float64
+    validation: np.ndarray  # (G, n_validation) float64
 
 
 @dataclass
@@ -144,21 +162,30 @@ class _Job:
 
 def train_readouts(root: zarr.Group, jobs: list[ReadoutJob], cfg: TransferConfig, image_size: int,
                    seed: int = 0, block: int | None = None, progress: bool = False,
-                   ) -> tuple[dict[str, np.ndarray], TrainReport]:
-    """Train every job's readouts on the transfer split; return {target: test losses (G, n_test) float64}.
+                   ) -> tuple[dict[str, ReadoutLosses], TrainReport]:
+    """Train every job's readouts on the fit part of the transfer split; return {target: its test and
+    validation losses}.
 
     `block`: images per feature block (default: the longest chunk among the arrays read); pass the same
-    value to get the same batches whatever the jobs read.
+    value to get the same batches whatever the jobs read. Every job holds out the same validation mask.
     """
     from tqdm import tqdm
 
     start, report = time.perf_counter(), TrainReport()
+    if not jobs:
+        return {}, report
+    held = jobs[0].validation
+    if any(not np.array_equal(job.validation, held) for job in jobs):
+        raise TaskonomyError("readout jobs trained together must hold out the same validation images")
     train_paths = list(dict.fromkeys(p for job in jobs for p in _input_paths(job, "transfer")))
     stats = channel_stats(root, train_paths)
     channels = {p.split("/")[0]: len(m) for p, (m, _) in stats.items()}
     grid = image_size // 8
     feed = FeatureFeed(root, train_paths, block)
-    steps = cfg.epochs * sum(math.ceil((hi - lo) / cfg.batch) for lo, hi in feed.bounds)
+    if len(held) != feed.n:
+        raise TaskonomyError(f"the validation mask covers {len(held)} images; the transfer split has {feed.n}")
+    fit = {lo: np.flatnonzero(~held[lo:hi]) for lo, hi in feed.bounds}  # block rows the readouts train on
+    steps = max(1, cfg.epochs * sum(math.ceil(len(rows) / cfg.batch) for rows in fit.values()))
     with deterministic(torch.device("cpu")):
         states = [_Job(job, cfg, channels, grid, image_size, steps) for job in jobs]
         loop_start = time.perf_counter()
@@ -169,7 +196,8 @@ def train_readouts(root: zarr.Group, jobs: list[ReadoutJob], cfg: TransferConfig
             rng = np.random.default_rng([seed, epoch])
             for lo, hi, block in feed.blocks(rng.permutation(len(feed.bounds))):
                 features = {p: _standardise(x, stats[p], grid) for p, x in block.items()}
-                for rows in torch.from_numpy(rng.permutation(hi - lo)).split(cfg.batch):
+                rows_fit = fit[lo][rng.permutation(len(fit[lo]))]
+                for rows in torch.from_numpy(rows_fit).split(cfg.batch) if len(rows_fit) else ():
                     for state in states:
                         z = state.inputs(features, "transfer", rows)
                         loss = state.losses(z, state.job.labels_transfer[lo:hi][rows.numpy()]).mean(0).sum()
@@ -182,23 +210,30 @@ def train_readouts(root: zarr.Group, jobs: list[ReadoutJob], cfg: TransferConfig
         bar.close()
         report.train_seconds = time.perf_counter() - loop_start
         report.wait_seconds = feed.wait_seconds
-        out = _test_losses(root, states, stats, grid)
+        validation = _eval_losses(root, states, stats, grid, "transfer", held)
+        test = _eval_losses(root, states, stats, grid, "test")
     report.seconds = time.perf_counter() - start
-    return out, report
+    return {t: ReadoutLosses(test[t], validation[t]) for t in test}, report
 
 
 @torch.no_grad()
-def _test_losses(root: zarr.Group, states: list[_Job], stats: dict, grid: int) -> dict[str, np.ndarray]:
-    paths = list(dict.fromkeys(p for s in states for p in _input_paths(s.job, "test")))
-    # test features are standardised with the transfer split's statistics, as the readouts saw them
-    test_stats = {p: stats[p.removesuffix("test") + "transfer"] for p in paths}
+def _eval_losses(root: zarr.Group, states: list[_Job], stats: dict, grid: int, split: str,
+                 mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """{target: per-image losses (G, n) float64} of every readout on `split`'s images (those of `mask`)."""
+    paths = list(dict.fromkeys(p for s in states for p in _input_paths(s.job, split)))
+    # every split's features are standardised with the transfer split's statistics, as the readouts saw them
+    split_stats = {p: stats[p.removesuffix(split) + "transfer"] for p in paths}
     feed = FeatureFeed(root, paths)
+    wanted = [b for b, (lo, hi) in enumerate(feed.bounds) if mask is None or mask[lo:hi].any()]  # in order
     out: dict[str, list[torch.Tensor]] = {s.job.target: [] for s in states}
-    for lo, hi, block in feed.blocks():
-        features = {p: _standardise(x, test_stats[p], grid) for p, x in block.items()}
-        for rows in torch.arange(hi - lo).split(EVAL_BATCH):
+    for lo, hi, block in feed.blocks(wanted):
+        features = {p: _standardise(x, split_stats[p], grid) for p, x in block.items()}
+        rows_all = torch.arange(hi - lo) if mask is None else torch.from_numpy(np.flatnonzero(mask[lo:hi]))
+        for rows in rows_all.split(EVAL_BATCH):
             for state in states:
                 state.readouts.eval()
-                z = state.inputs(features, "test", rows)
-                out[state.job.target].append(state.losses(z, state.job.labels_test[lo:hi][rows.numpy()]).double())
-    return {t: torch.cat(v).T.numpy() for t, v in out.items()}
+                z = state.inputs(features, split, rows)
+                labels = state.job.labels_test if split == "test" else state.job.labels_transfer
+                out[state.job.target].append(state.losses(z, labels[lo:hi][rows.numpy()]).double())
+    return {s.job.target: torch.cat(out[s.job.target]).T.numpy() if out[s.job.target]
+            else np.zeros((s.n, 0)) for s in states}
