@@ -111,18 +111,13 @@ def _first_order_rows(table: TargetLosses, controls: bool = True) -> list[str]:
 
 
 def _best_source(table: TargetLosses) -> tuple[str, str]:
-    """The best first-order source and where it was chosen: on the validation losses where every first-order row
-    has them (taxonomy.evaluate.best_first_order), else by mean test loss, and said so."""
-    rows = _first_order_rows(table)
-    validation = getattr(table, "validation", None)
-    if validation is not None and all(len(v) and np.isfinite(v).all()
-                                      for v in (validation[table.transfers.index(n)] for n in rows)):
-        choose = getattr(evaluate, "best_first_order", None)
-        if choose is not None:
-            return choose(table), "chosen on validation"
-        return rows[int(np.argmin([validation[table.transfers.index(n)].mean() for n in rows]))], \
-            "chosen on validation"
-    return rows[int(np.argmin([table.row(n).mean() for n in rows]))], NO_VALIDATION
+    """The best first-order source and where it was chosen: on the validation losses (taxonomy.evaluate's
+    best_first_order); a run without them (made before the validation split) by mean test loss, and said so."""
+    try:
+        return evaluate.best_first_order(table), "chosen on validation"
+    except TaskonomyError:  # no validation losses in the store, or a first-order row without them
+        rows = _first_order_rows(table)
+        return rows[int(np.argmin([table.row(n).mean() for n in rows]))], NO_VALIDATION
 
 
 def gain_goal(losses: Mapping[str, TargetLosses]) -> Goal:

@@ -33,14 +33,6 @@ def _table(target: str, means: dict[str, float], n: int = 40, seed: int = 0) -> 
     return TargetLosses(target, names, orders, losses)
 
 
-def _with_validation(table: TargetLosses, validation: np.ndarray) -> TargetLosses:
-    """`table` with validation losses (the field arrives with honest selection; set it either way)."""
-    if "validation" in TargetLosses.__dataclass_fields__:
-        return dataclasses.replace(table, validation=validation)
-    object.__setattr__(table, "validation", validation)
-    return table
-
-
 def _summary(target: str, ratio: float, stability: float) -> SummaryRow:
     return SummaryRow(target, 10, 40, 10.0, ratio, 12, True, "normal", 0.2, stability)
 
@@ -66,15 +58,15 @@ def test_gain_takes_the_source_chosen_on_validation(monkeypatch):
     table = _table("normal", {"full": 0.3, "scratch": 0.6, "depth_zbuffer": 0.4, "reshading": 0.5})
     validation = np.full((4, 10), np.nan)  # full and scratch have none
     validation[2], validation[3] = 0.9, 0.1  # on validation, reshading wins; on test, depth_zbuffer
-    chosen = _with_validation(table, validation)
-    monkeypatch.setattr(evaluate, "best_first_order", lambda losses: "reshading", raising=False)
+    chosen = dataclasses.replace(table, validation=validation)
+    monkeypatch.setattr(evaluate, "best_first_order", lambda losses: "reshading")
     goal = gain_goal({"normal": chosen})
     assert goal.checks[0].note == "from reshading" and goal.note == "chosen on validation"
     assert goal.checks[0].value == evaluate.win_rate(table.row("reshading"), table.row("scratch")) == 1.0
-    monkeypatch.undo()  # taxonomy.evaluate's own best_first_order (or, before it lands, the validation means)
+    monkeypatch.undo()  # taxonomy.evaluate's own best_first_order
     assert gain_goal({"normal": chosen}).checks[0].note == "from reshading"
     validation[3, 0] = np.nan  # a first-order row without validation losses: chosen on test, and said so
-    missing = gain_goal({"normal": _with_validation(table, validation)})
+    missing = gain_goal({"normal": dataclasses.replace(table, validation=validation)})
     assert missing.checks[0].note == "from depth_zbuffer" and missing.note == NO_VALIDATION
 
 
