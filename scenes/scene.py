@@ -233,6 +233,17 @@ assert tuple(_ROOM_SPEC) == ROOM_TYPES
 _ALL_KINDS = (TEX_PLAIN, TEX_STRIPES, TEX_CHECKER, TEX_NOISE)
 
 
+# Curved parts thinner than this are made square instead: curvature labels stay within 16 1/m, the range of the
+# Taskonomy export's curvature encoding (scenes/taskonomy_format.py), and no 1-px leg or knob carries a
+# curvature several times any other surface's.
+MIN_CURVED_RADIUS = 1.0 / 16.0
+
+
+def _square_thin(parts: list[_Part]) -> list[_Part]:
+    """Cylinders and spheres of radius below MIN_CURVED_RADIUS become boxes of the same half sizes."""
+    return [(BOX if shape != BOX and half[0] < MIN_CURVED_RADIUS else shape, o, half) for shape, o, half in parts]
+
+
 def _place(parts: list[_Part], xy: np.ndarray, yaw: float) -> list[tuple[int, np.ndarray, np.ndarray, float]]:
     """An object's parts in the world: offsets turned by yaw about the vertical and moved to xy."""
     c, s = np.cos(yaw), np.sin(yaw)
@@ -306,7 +317,7 @@ def sample_scene(rng: np.random.Generator, max_objects: int = 10, n_lights: int 
         if i == 1:
             add_pillars()
         k = anchor if i == 0 else int(rng.choice(len(OBJECT_CLASSES), p=p))
-        parts = _BUILDERS[OBJECT_CLASSES[k]](rng)
+        parts = _square_thin(_BUILDERS[OBJECT_CLASSES[k]](rng))
         centre, reach = _footprint(parts)
         yaw = rng.uniform(0, 2 * np.pi)
         for _attempt in range(20 if 2 * reach + 0.1 < room[:2].min() else 0):

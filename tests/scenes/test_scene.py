@@ -17,7 +17,9 @@ cap_threads(2)
 
 from taskonomy.scenes._reference import render_reference  # noqa: E402
 from taskonomy.scenes.render import render  # noqa: E402
-from taskonomy.scenes.scene import N_ROOM_FACES, _ROOM_SPEC, sample_camera, sample_scene  # noqa: E402
+from taskonomy.scenes.scene import (  # noqa: E402
+    BOX, MIN_CURVED_RADIUS, N_ROOM_FACES, _ROOM_SPEC, sample_camera, sample_scene,
+)
 
 FOV = math.radians(65)
 
@@ -32,6 +34,8 @@ def test_every_primitive_carries_its_furniture_class() -> None:
         groups, classes = scene.obj_group, scene.obj_class
         assert len(groups) == scene.n_objects == len(scene.tex_kind) - N_ROOM_FACES
         np.testing.assert_array_equal(groups < 0, classes == 1)  # columns: room (background), not furniture
+        # curvature labels within the Taskonomy export's +-16 1/m
+        assert np.all(scene.obj_size[scene.obj_shape != BOX, 0] >= MIN_CURVED_RADIUS)
         pieces = np.unique(groups[groups >= 0])
         np.testing.assert_array_equal(pieces, np.arange(len(pieces)))
         assert 1 <= len(pieces) <= 10
