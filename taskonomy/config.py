@@ -52,8 +52,9 @@ class DataConfig(_Strict):
     image_size: int = Field(32, ge=16, le=512)
     n_scenes: int = Field(500, ge=4)
     views_per_scene: int = Field(4, ge=1, le=1000)
-    max_objects: int = Field(6, ge=2, le=24)
-    n_lights: int = Field(2, ge=1, le=8)
+    min_objects: int = Field(3, ge=1, le=24, description="fewest pieces of furniture in a room")
+    max_objects: int = Field(10, ge=1, le=24, description="most pieces of furniture in a room (each 1..5 primitives)")
+    n_lights: int = Field(3, ge=1, le=8, description="most lights in a room (each room has 1..n_lights)")
     fov_degrees: float = Field(65.0, ge=30, le=120)
     tasks: list[str] | Literal["all"] = Field(default_factory=lambda: list(DEFAULT_TASKS),
                                               description="labelled tasks; 'all' = every task of the dictionary")
@@ -76,6 +77,12 @@ class DataConfig(_Strict):
             if registry.get(name).head == "none":
                 raise ValueError(f"{name!r} is a control with no labels; controls are sources, not data tasks")
         return names
+
+    @model_validator(mode="after")
+    def _object_range(self) -> DataConfig:
+        if self.min_objects > self.max_objects:
+            raise ValueError(f"expected min_objects <= max_objects, got {self.min_objects} > {self.max_objects}")
+        return self
 
     @field_validator("chunk_images")
     @classmethod
@@ -276,11 +283,20 @@ class TransferConfig(_Strict):
     targets: list[str] | Literal["all"] = Field("all", description="targets; 'all' = every data task that can be one")
     scratch: bool = Field(True, description="also train the scratch baseline (encoder + readout on the transfer split)")
     scheduler: str | None = Field(None, description="dask.distributed scheduler address; none = in process")
+    validation: float = Field(0.2, ge=0, lt=1, description="fraction of the transfer split's scenes held out from "
+                              "readout training; the beam ranks first-order sources on them")
 
     @field_validator("targets")
     @classmethod
     def _known_targets(cls, value: list[str] | str) -> list[str] | str:
         return _registered(value, "target")
+
+    @model_validator(mode="after")
+    def _validation_for_the_beam(self) -> TransferConfig:
+        if self.validation == 0 and self.max_order > 1:
+            raise ValueError("validation 0 leaves nothing to rank the beam's sources on (never the test images); "
+                             "set transfer.validation > 0 or transfer.max_order 1")
+        return self
 
 
 class Config(_Strict):
