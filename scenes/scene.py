@@ -106,19 +106,27 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
     return v - v * s * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
 
 
+# Hue of each texture kind (centre, half-width, in turns): a surface's hue follows its pattern, which the
+# luma shows, and nothing else. So colorization has something to learn from the gray image (with hues drawn
+# freely its network could not beat the marginal chroma: ratio 1.00), while colour still tells neither the
+# room type nor the object class (kinds are drawn independently of both).
+_KIND_HUE = {TEX_PLAIN: (0.12, 0.05), TEX_STRIPES: (0.01, 0.04), TEX_CHECKER: (0.6, 0.05), TEX_NOISE: (0.35, 0.05)}
+
+
 def _material(rng: np.random.Generator, sat: tuple[float, float], val: tuple[float, float],
               kinds: tuple[int, ...]) -> tuple[int, tuple[np.ndarray, np.ndarray], float]:
-    """A texture kind, its two albedos (any hue; the second darker or a second hue) and its scale.
+    """A texture kind, its two albedos (the kind's hue; the second darker or a second shade) and its scale.
 
     Room faces and objects all draw from this one function: nothing of a surface's look depends on the
     room type or on the object class, so colour tells neither (the issue's class_scene from wall tint).
     """
     kind = int(kinds[rng.integers(len(kinds))])
-    c0 = _hsv(rng.random(), rng.uniform(*sat), rng.uniform(*val))
+    centre, spread = _KIND_HUE[kind]
+    c0 = _hsv((centre + rng.uniform(-spread, spread)) % 1.0, rng.uniform(*sat), rng.uniform(*val))
     if rng.random() < 0.7:
         c1 = c0 * rng.uniform(0.45, 0.8)
     else:
-        c1 = _hsv(rng.random(), rng.uniform(*sat), rng.uniform(*val))
+        c1 = _hsv((centre + rng.uniform(-spread, spread)) % 1.0, rng.uniform(*sat), rng.uniform(*val))
     return kind, (np.clip(c0, 0.03, 0.97), np.clip(c1, 0.03, 0.97)), float(rng.uniform(0.08, 0.45))
 
 
