@@ -210,13 +210,37 @@ def _plane_error(zp, nx, ny, nz, xp, yp, zq, xq, yq):
     return abs(zq - nd / den) / min(zp, zq)
 
 
+@njit(cache=True)
+def _dilate(a, radius, tmp):
+    """Max of one (S, S) image over each pixel's (2 radius + 1)^2 neighbourhood clipped to the image, in place.
+
+    The square's max is separable: over the row window into `tmp`, then over the column window back.
+    """
+    h, wd = a.shape
+    for v in range(h):
+        src, dst = a[v], tmp[v]
+        for u in range(wd):
+            m = src[u]
+            for j in range(max(u - radius, 0), min(u + radius + 1, wd)):
+                m = max(m, src[j])
+            dst[u] = m
+    for v in range(h):
+        dst = a[v]
+        dst[:] = tmp[v]
+        for j in range(max(v - radius, 0), min(v + radius + 1, h)):
+            src = tmp[j]
+            for u in range(wd):
+                dst[u] = max(dst[u], src[u])
+
+
 @njit(parallel=True, cache=True)
-def occlusion(depth, normal, surface, xs, ys, n_room, lo, hi):
+def occlusion(depth, normal, surface, xs, ys, n_room, lo, hi, radius):
     """Soft occlusion edges (B, S, S) float32 from z-depth (B, S, S), camera-frame normals (3, B, S, S),
     surface ids (B, S, S) and the ray slopes (B, S) of the columns (xs) and rows (ys).
 
     A 4-neighbour pair on two surfaces, one of them an object (id >= n_room), scores the smaller of the
-    two tangent-plane extrapolation errors, ramped from lo (0) to hi (1); a pixel keeps its largest pair.
+    two tangent-plane extrapolation errors, ramped from lo (0) to hi (1); a pixel keeps its largest pair,
+    then takes the max over its (2 radius + 1)^2 neighbourhood clipped to the image (radius 0: none).
     """
     nb, h, wd = depth.shape
     out = np.zeros((nb, h, wd), np.float32)
@@ -235,10 +259,12 @@ def occlusion(depth, normal, surface, xs, ys, n_room, lo, hi):
                     edge = min(max((min(e1, e2) - lo) / (hi - lo), 0.0), 1.0)
                     o[v, u] = max(o[v, u], edge)
                     o[v2, u2] = max(o[v2, u2], edge)
+        if radius > 0:
+            _dilate(o, radius, np.empty((h, wd), np.float32))
     return out
 
 
-def occlusion_reference(depth, normal, surface, xs, ys, n_room, lo, hi) -> np.ndarray:
+def occlusion_reference(depth, normal, surface, xs, ys, n_room, lo, hi, radius) -> np.ndarray:
     """NumPy reference of `occlusion` (float64)."""
     z, n = depth.astype(np.float64), normal.astype(np.float64)
     x, y = np.broadcast_to(xs[:, None, :], z.shape), np.broadcast_to(ys[:, :, None], z.shape)
@@ -256,6 +282,10 @@ def occlusion_reference(depth, normal, surface, xs, ys, n_room, lo, hi) -> np.nd
         edge = np.where(pair, np.clip((np.minimum(*errors) - lo) / (hi - lo), 0.0, 1.0), 0.0)
         out[first] = np.maximum(out[first], edge)
         out[second] = np.maximum(out[second], edge)
+    h, wd = z.shape[-2:]
+    p = np.pad(out, [(0, 0), (radius, radius), (radius, radius)], constant_values=-np.inf)  # clipped window
+    out = np.max([p[:, radius + dv:radius + dv + h, radius + du:radius + du + wd]
+                  for dv in range(-radius, radius + 1) for du in range(-radius, radius + 1)], axis=0)
     return out.astype(np.float32)
 
 

@@ -18,10 +18,10 @@ from taskonomy import TaskonomyError
 from taskonomy import tasks as registry
 from taskonomy.runtime import cap_threads
 from taskonomy.scenes import _kmeans, _label_kernels as kern
-from taskonomy.scenes.labels import (JIGSAW_PERMUTATIONS, NORMAL_QUANTILES, RESHADING_POWER, make_inputs,
-                                     make_labels, permute_tiles, unpermute_tiles)
+from taskonomy.scenes.labels import (JIGSAW_PERMUTATIONS, NORMAL_QUANTILES, OCCLUSION_DILATE, RESHADING_POWER,
+                                     make_inputs, make_labels, permute_tiles, unpermute_tiles)
 from taskonomy.scenes.render import render
-from taskonomy.scenes.scene import SPHERE, TEX_STRIPES, Buffers, Camera, Scene, look_at, pair_cameras, \
+from taskonomy.scenes.scene import BOX, SPHERE, TEX_STRIPES, Buffers, Camera, Scene, look_at, pair_cameras, \
     sample_camera, sample_scene
 
 cap_threads(2)
@@ -57,13 +57,16 @@ def sampled():
     return scenes, cameras, buffers, views, inputs, jigsaw, labels
 
 
-def _room(room=(4.0, 6.0, 3.0), spheres=()) -> Scene:
-    """A box room with striped walls and optional spheres (centre, radius)."""
-    k, faces = len(spheres), 6 + len(spheres)
+def _room(room=(4.0, 6.0, 3.0), spheres=(), boxes=()) -> Scene:
+    """A box room with striped walls and optional spheres (centre, radius), then boxes (centre, half-extents)
+    with yaw 0."""
+    k, faces = len(spheres) + len(boxes), 6 + len(spheres) + len(boxes)
     return Scene(
-        room=np.array(room, np.float64), room_type=2, obj_shape=np.full(k, SPHERE, np.int32),
-        obj_center=np.array([c for c, _ in spheres], np.float64).reshape(k, 3),
-        obj_size=np.array([[r] * 3 for _, r in spheres], np.float64).reshape(k, 3), obj_yaw=np.zeros(k),
+        room=np.array(room, np.float64), room_type=2,
+        obj_shape=np.array([SPHERE] * len(spheres) + [BOX] * len(boxes), np.int32),
+        obj_center=np.array([c for c, _ in (*spheres, *boxes)], np.float64).reshape(k, 3),
+        obj_size=np.array([[r] * 3 for _, r in spheres] + [h for _, h in boxes], np.float64).reshape(k, 3),
+        obj_yaw=np.zeros(k),
         obj_class=np.full(k, 2 + registry.OBJECT_CLASSES.index("ball"), np.int32),
         tex_kind=np.full(faces, TEX_STRIPES, np.int32),
         tex_color=np.tile([[0.7, 0.6, 0.5], [0.4, 0.5, 0.6]], (faces, 1, 1)), tex_scale=np.full(faces, 0.3),
@@ -83,6 +86,22 @@ def _labels(scenes, cameras, tasks, seconds=None):
 
 def _f32(a: np.ndarray) -> np.ndarray:
     return np.asarray(a, np.float32)
+
+
+def _boundary(inside: np.ndarray) -> np.ndarray:
+    """Pixels with a 4-neighbour on the other side of the mask (S, S)."""
+    padded = np.pad(inside, 1, mode="edge")
+    out = np.zeros_like(inside)
+    for dv, du in ((0, 1), (2, 1), (1, 0), (1, 2)):
+        out |= padded[dv:dv + SIZE, du:du + SIZE] != inside
+    return out
+
+
+def _near(mask: np.ndarray, radius: int = OCCLUSION_DILATE) -> np.ndarray:
+    """Pixels within `radius` (Chebyshev) of a True pixel of mask (S, S)."""
+    padded = np.pad(mask, radius)
+    return np.any([padded[radius + dv:radius + dv + SIZE, radius + du:radius + du + SIZE]
+                   for dv in range(-radius, radius + 1) for du in range(-radius, radius + 1)], axis=0)
 
 
 # ---- every task -------------------------------------------------------------------------------------------
@@ -180,13 +199,22 @@ def test_a_sphere_has_curvature_one_over_its_radius_and_an_occluding_contour():
     np.testing.assert_allclose(_f32(labels["curvature"][0])[:, on_sphere], 2.0)
     assert not labels["curvature"][0][:, ~on_sphere].any()
     edge = _f32(labels["edge_occlusion"][0, 0])
-    padded = np.pad(on_sphere, 1, mode="edge")
-    boundary = np.zeros_like(on_sphere)
-    for dv, du in ((0, 1), (2, 1), (1, 0), (1, 2)):
-        boundary |= padded[dv:dv + SIZE, du:du + SIZE] != on_sphere
-    assert not edge[~boundary].any()  # edges only where a neighbour is on the other surface
+    boundary = _boundary(on_sphere)
+    # edges only where a neighbour is on the other surface, widened by the dilation
+    assert not edge[~_near(boundary)].any()
     upper = boundary & (np.arange(SIZE)[:, None] < SIZE // 2)
-    assert (edge[upper] == 1).mean() > 0.9  # the sphere's upper silhouette occludes the wall behind it
+    assert (edge[_near(upper)] == 1).mean() > 0.9  # the sphere's upper silhouette occludes the wall behind it
+
+
+def test_a_box_in_front_of_a_wall_has_an_occlusion_band_exactly_around_its_silhouette():
+    # camera at the box's centre height and width: only its front face (2.7 m away, the wall 5 m) is seen
+    scene = _room(boxes=[((2.0, 4.0, 1.5), (0.5, 0.3, 0.5))])
+    labels, buffers = _labels([scene], [_camera((2.0, 1.0, 1.5), (2.0, 6.0, 1.5))], ["edge_occlusion"])
+    on_box = buffers.surface[0] == 6
+    assert 40 < on_box.sum() < 200 and not on_box[[0, -1]].any() and not on_box[:, [0, -1]].any()
+    edge = _f32(labels["edge_occlusion"][0, 0])
+    assert set(np.unique(edge)) == {0.0, 1.0}  # a depth step of 2.3 m scores 1 on both sides
+    assert np.array_equal(edge == 1, _near(_boundary(on_box)))  # the 2-px silhouette, 1 px wider each way
 
 
 # ---- rooms and poses --------------------------------------------------------------------------------------
@@ -322,7 +350,10 @@ def test_structure_and_occlusion_kernels_match_numpy(sampled):
         np.testing.assert_allclose(fast, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
     buffers = sampled[2]
     occ = (buffers.depth_z, pix[kern.NORMAL:kern.NORMAL + 3], buffers.surface, args[5], args[6], 6, 0.03, 0.12)
-    np.testing.assert_allclose(kern.occlusion(*occ), kern.occlusion_reference(*occ), atol=1e-4)
+    for radius in (0, OCCLUSION_DILATE, 2):
+        np.testing.assert_allclose(kern.occlusion(*occ, radius), kern.occlusion_reference(*occ, radius), atol=1e-4)
+    thin, wide = kern.occlusion(*occ, 0), kern.occlusion(*occ, OCCLUSION_DILATE)
+    assert (wide >= thin).all() and (wide > 0).mean() > 1.5 * (thin > 0).mean()
 
 
 def test_kmeans_and_segment_means_kernels_match_numpy(sampled):
