@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from tqdm import tqdm
 
 from taskonomy import TaskonomyError
 from taskonomy import tasks as registry
@@ -38,7 +39,8 @@ from taskonomy.config import Config, content_hash
 from taskonomy.artifacts import AddedTarget, existing_rows, read_added_targets, transfer_name, write_target_losses
 from taskonomy.runfolder import RunFolder
 from taskonomy.store import mark_complete
-from taskonomy.transfer.train import ReadoutJob, TrainReport, train_readouts
+from taskonomy.transfer.train import ReadoutJob, ReadoutLosses, TrainReport, train_readouts
+from taskonomy.workers import job_workers, run_jobs
 
 __all__ = ["TRANSFER_VERSION", "TransferOutcome", "beam_transfers", "run_transfer", "transfer_name",
            "transfer_targets", "validation_part"]
@@ -131,57 +133,92 @@ def _write_target(store: zarr.Group, target: _Target, complete: bool) -> None:
 
 
 def _run_jobs(features: Path, jobs: list[ReadoutJob], config: Config, size: int, block: int,
-              progress: bool) -> tuple[dict[str, np.ndarray], TrainReport]:
-    """Train jobs in this process, or one job per target on a dask.distributed cluster."""
+              progress: bool) -> tuple[dict[str, ReadoutLosses], TrainReport]:
+    """Train one job per target: side by side in this process (one per core, on one thread each: see
+    taskonomy.workers), or on a dask.distributed cluster. A job's losses are the same either way."""
     if not jobs:
         return {}, TrainReport()
     root = zarr.open_group(str(features), mode="r")
     if not config.transfer.scheduler:
-        return train_readouts(root, jobs, config.transfer, size, config.seed, block, progress)
-    from distributed import Client
+        workers = job_workers(config.threads)
+        bar = tqdm(total=len(jobs), desc=f"readouts of {len(jobs)} targets", unit="target",
+                   disable=not progress or workers == 1)
 
-    with Client(config.transfer.scheduler, timeout="30s") as client:
-        futures = [client.submit(_remote_job, str(features), job, config.model_dump(mode="json"), size, block,
-                                 pure=False) for job in jobs]
-        out, report = {}, TrainReport()
-        for losses, part in client.gather(futures):
-            out.update(losses)
-            report.seconds += part.seconds
-            report.train_seconds += part.train_seconds
-            report.wait_seconds += part.wait_seconds
-            report.samples += part.samples
+        def train(job: ReadoutJob):
+            return train_readouts(root, [job], config.transfer, size, config.seed, block, progress and workers == 1)
+
+        parts = run_jobs(train, jobs, workers, cost=_readout_cost, done=lambda i, part: bar.update())
+        bar.close()
+    else:
+        from distributed import Client
+
+        with Client(config.transfer.scheduler, timeout="30s") as client:
+            futures = [client.submit(_remote_job, str(features), job, config.model_dump(mode="json"), size, block,
+                                     pure=False) for job in jobs]
+            parts = client.gather(futures)
+    out, report = {}, TrainReport()
+    for losses, part in parts:
+        out.update(losses)
+        report.seconds += part.seconds
+        report.train_seconds += part.train_seconds
+        report.wait_seconds += part.wait_seconds
+        report.samples += part.samples
     return out, report
 
 
+def _readout_cost(job: ReadoutJob) -> float:
+    """Relative work of a job: its readouts, a dense one ~3x a global one, a pair reading two views."""
+    head = job.task.head
+    return len(job.transfers) * (3.0 if head == "dense" else 1.0) * (2.0 if head == "pair" else 1.0)
+
+
 def _remote_job(features: str, job: ReadoutJob, config: dict[str, Any], size: int, block: int):
-    """One target's readouts on a dask.distributed worker, with the run's thread cap."""
+    """One target's readouts on a dask.distributed worker, on one thread as in process (the same losses)."""
     from taskonomy.runtime import cap_threads
 
     config = Config(**config)
-    cap_threads(config.threads or 1)
+    cap_threads(1)
     return train_readouts(zarr.open_group(features, mode="r"), [job], config.transfer, size, config.seed, block)
 
 
-def _full_and_scratch(target: _Target, data: zarr.Group, config: Config, device,
-                      checkpoint: dict | None, progress: bool) -> int:
-    """Fill the `full` row (saved at stage I) and the `scratch` row (trained now unless kept); rows trained."""
-    from taskonomy.extract.stage1 import test_losses, train_task
-
+def _full_row(target: _Target, checkpoint: dict | None) -> None:
+    """The `full` row: the target's stage I network's per-image test losses, saved at training time."""
     if checkpoint is not None and "test_losses" in checkpoint:
         target.rows["full"] = (content_hash(target.base, "full", checkpoint["hash"]), 0,
                                np.asarray(checkpoint["test_losses"], np.float64))
+
+
+def _scratch_rows(targets: list[_Target], data: zarr.Group, config: Config, device, progress: bool) -> dict[str, int]:
+    """Fill every target's `scratch` row: kept when its stamp is unchanged, else trained now, the targets' networks
+    side by side (taskonomy.workers); rows trained per target."""
+    from taskonomy.extract.stage1 import test_losses, train_task
+
     if not config.transfer.scratch:
-        return 0
-    stamp = content_hash(target.base, "scratch", config.train.model_dump(mode="json", exclude={"tasks", "device"}))
-    if target.kept.get("scratch", ("",))[0] == stamp:
-        target.rows["scratch"] = (stamp, 0, target.kept["scratch"][1])
-        return 0
-    task = target.job.task
-    result = train_task(task, data, config.train, target.job.seed, device, progress=progress, split="transfer",
-                        scaler=target.job.scaler, labels=target.labels)
-    target.rows["scratch"] = (stamp, 0, test_losses(task, result.network, target.job.scaler, data, "test", device,
-                                                   labels=target.labels))
-    return 1
+        return {}
+    stamp = {t.name: content_hash(t.base, "scratch", config.train.model_dump(mode="json", exclude={"tasks", "device"}))
+             for t in targets}
+    todo = []
+    for target in targets:
+        if target.kept.get("scratch", ("",))[0] == stamp[target.name]:
+            target.rows["scratch"] = (stamp[target.name], 0, target.kept["scratch"][1])
+        else:
+            todo.append(target)
+    workers = job_workers(config.threads, device)
+
+    def train(target: _Target) -> np.ndarray:
+        task = target.job.task
+        result = train_task(task, data, config.train, target.job.seed, device, progress=progress and workers == 1,
+                            split="transfer", scaler=target.job.scaler, labels=target.labels)
+        return test_losses(task, result.network, target.job.scaler, data, "test", device, labels=target.labels)
+
+    def keep(i: int, losses: np.ndarray) -> None:
+        todo[i].rows["scratch"] = (stamp[todo[i].name], 0, losses)
+
+    bar = tqdm(total=len(todo), desc="scratch networks", unit="net", disable=not progress or workers == 1)
+    run_jobs(train, todo, workers, cost=lambda t: 2.0 if t.job.task.head == "dense" else 1.0,
+             done=lambda i, losses: (keep(i, losses), bar.update()))
+    bar.close()
+    return {t.name: 1 for t in todo}
 
 
 def _train_rows(targets: list[_Target], wanted: dict[str, list[tuple[str, ...]]], encoders: dict[str, str],
@@ -340,8 +377,10 @@ def run_transfer(config: Config, run_dir: str | Path, force: bool = False, progr
         job = ReadoutJob(name, [], _split_labels(data, name, "transfer", own), _split_labels(data, name, "test", own),
                          scaler, seed, task, held)
         target = _Target(name, job, base, {} if force else existing_rows(store, name), {}, own)
-        trained[name] += _full_and_scratch(target, data, config, device, checkpoint, progress)
+        _full_row(target, checkpoint)
         targets.append(target)
+    for name, count in _scratch_rows(targets, data, config, device, progress).items():
+        trained[name] += count
     first = {t.name: [(s,) for s in sources if s != t.name] for t in targets}
 
     def write(complete: bool) -> None:
