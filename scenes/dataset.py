@@ -58,7 +58,8 @@ def plan_arrays(data: DataConfig) -> dict[str, tuple[tuple[int, ...], str]]:
 
 
 def _scene(data: DataConfig, seed: int, index: int) -> Scene:
-    return sample_scene(np.random.default_rng([seed, index, 0]), data.max_objects, data.n_lights, data.min_objects)
+    return sample_scene(np.random.default_rng([seed, index, 0]), data.max_objects, data.n_lights, data.min_objects,
+                        class_materials=data.object_materials == "class", columns=data.columns)
 
 
 def generate_images(data: DataConfig, seed: int, indices: np.ndarray) -> dict[str, np.ndarray]:

@@ -130,6 +130,14 @@ def _material(rng: np.random.Generator, sat: tuple[float, float], val: tuple[flo
     return kind, (np.clip(c0, 0.03, 0.97), np.clip(c1, 0.03, 0.97)), float(rng.uniform(0.08, 0.45))
 
 
+def _class_material(rng: np.random.Generator, k: int) -> tuple[int, tuple[np.ndarray, np.ndarray], float]:
+    """The material of an object of class k in a `class_materials` world: the class's own kind and hue."""
+    kind = _ALL_KINDS[k % len(_ALL_KINDS)]
+    c0 = _hsv((k / len(OBJECT_CLASSES) + rng.uniform(-0.03, 0.03)) % 1.0, rng.uniform(0.45, 0.8), rng.uniform(0.4, 0.9))
+    return kind, (np.clip(c0, 0.03, 0.97), np.clip(c0 * rng.uniform(0.45, 0.7), 0.03, 0.97)), \
+        float(rng.uniform(0.08, 0.45))
+
+
 # Parts of an object: (shape, offset (x, y in the object's frame; z of the part's centre above the floor),
 # half sizes). Each class varies in shape (variants) and size; every part carries its object's class.
 _Part = tuple[int, tuple[float, float, float], tuple[float, float, float]]
@@ -270,10 +278,13 @@ def _footprint(parts: list[_Part]) -> tuple[np.ndarray, float]:
 
 
 def sample_scene(rng: np.random.Generator, max_objects: int = 10, n_lights: int = 3, min_objects: int = 3,
-                 room_type: int | None = None) -> Scene:
+                 room_type: int | None = None, class_materials: bool = False, columns: float = 0.85) -> Scene:
     """A random box room holding min_objects..max_objects pieces of furniture (each 1..5 primitives), some
     rooms with columns, lit by 1..n_lights lights. `room_type` forces the type (the random stream is the same).
 
+    `class_materials`: each object class has its own texture kind and hue (an easier world, where colour tells
+    the class and so, through the furniture, the room type); default off: materials ignore the class.
+    `columns`: the share of rooms with 1..5 columns.
     Draw order: room type, room size, the six faces' materials (before any object: the same for every
     room type), columns, objects, lights.
     """
@@ -293,7 +304,7 @@ def sample_scene(rng: np.random.Generator, max_objects: int = 10, n_lights: int 
     prims, groups, classes, circles = [], [], [], []  # circles: (xy, radius) of placed footprints
     column = _material(rng, (0.0, 0.4), (0.5, 0.95), _ALL_KINDS)
     pillars = []  # columns: part of the room (class 1, background), placed after the room's first piece
-    for _ in range(int(rng.integers(1, 6)) if rng.random() < 0.85 else 0):
+    for _ in range(int(rng.integers(1, 6)) if rng.random() < columns else 0):
         r = rng.uniform(0.12, 0.3)
         if rng.random() < 0.5:  # a half-column in a wall: curved surface where a view meets a wall
             axis, side = int(rng.integers(2)), int(rng.integers(2))
@@ -338,7 +349,8 @@ def sample_scene(rng: np.random.Generator, max_objects: int = 10, n_lights: int 
         circles.append((xy, reach))
         c, s = np.cos(yaw), np.sin(yaw)
         origin = xy - np.array([c * centre[0] - s * centre[1], s * centre[0] + c * centre[1]])
-        kind, albedos, scale = _material(rng, (0.0, 0.8), (0.2, 0.95), _ALL_KINDS)
+        kind, albedos, scale = _class_material(rng, k) if class_materials else \
+            _material(rng, (0.0, 0.8), (0.2, 0.95), _ALL_KINDS)
         add(_place(parts, origin, yaw), max(groups, default=-1) + 1, 2 + k, (kind, albedos, scale * 0.5))
     if n_objects < 2:
         add_pillars()

