@@ -24,8 +24,8 @@ from taskonomy.config import Config, content_hash
 from taskonomy.extract.checkpoints import checkpoint_path, load_checkpoint, save_checkpoint, stored_hash
 from taskonomy.extract.features import Source, extract_features
 from taskonomy.extract.networks import build_network, prepare_images
-from taskonomy.extract.stage1 import (baseline_losses, quality_row, resolve_device, restore_network, test_losses,
-                                      train_task)
+from taskonomy.extract.stage1 import (baseline_losses, network_cost, quality_row, resolve_device, restore_network,
+                                      test_losses, train_task)
 from taskonomy.runfolder import RunFolder
 from taskonomy.scenes.dataset import data_hash, open_data
 from taskonomy.workers import job_workers, run_jobs
@@ -78,7 +78,6 @@ def train_all(config: Config, run_dir: Path, force: bool = False, progress: bool
             rows[task] = {}
             todo.append((task, path, stamp))
     workers = job_workers(config.threads, device)
-    bar = tqdm(total=len(todo), desc="stage I networks", unit="net", disable=not progress or workers == 1)
 
     def train(item: tuple[str, Path, str]):
         return _train_and_test(item[0], data, config, device, progress and workers == 1)
@@ -90,21 +89,13 @@ def train_all(config: Config, run_dir: Path, force: bool = False, progress: bool
                "images_per_s": round(result.images_per_second, 1)}
         save_checkpoint(path, _payload(stamp, task, result, test, quality=row))
         rows[task] = {**row, "status": "trained"}
-        bar.update()
-        if not bar.disable:
-            bar.write(f"  {task}: {result.seconds:.0f} s, ratio to baseline {row['ratio']:.3f}")
+        if progress and workers > 1:
+            tqdm.write(f"  {task}: {result.seconds:.0f} s, ratio to baseline {row['ratio']:.3f}")
 
-    run_jobs(train, todo, workers, cost=lambda item: _train_cost(item[0], data, config), done=save)
-    bar.close()
+    run_jobs(train, todo, workers, cost=lambda item: network_cost(item[0]), done=save,
+             desc="stage I networks" if progress else None)
     _write_quality(RunFolder(run_dir).stage1_quality, list(rows.values()))
     return list(rows.values())
-
-
-def _train_cost(task: str, data, config: Config) -> float:
-    """Relative work of training `task`'s network (dense decoders cost ~2x a global head; pairs read 2 views)."""
-    head = registry.get(task).head
-    return data["splits/train"].shape[0] * config.train.epochs * (2.0 if head == "dense" else 1.0) * \
-        (2.0 if head == "pair" else 1.0)
 
 
 def added_network(config: Config, run_dir: Path, added, labels: np.ndarray, data, device: torch.device,

@@ -41,8 +41,8 @@ from taskonomy.torchutil import (CLASS_LOSSES, EVAL_BATCH, LabelScaler, channel_
 from taskonomy.workers import seeded
 
 __all__ = ["CLASS_LOSSES", "LabelScaler", "TrainResult", "as_task", "baseline_losses", "fit_scaler", "input_arrays",
-           "load_split", "quality_row", "resolve_device", "restore_network", "test_losses", "train_task",
-           "validation_mask", "deterministic"]
+           "load_split", "network_cost", "quality_row", "resolve_device", "restore_network", "test_losses",
+           "train_task", "validation_mask", "deterministic"]
 
 # pair tasks whose label does not change when the two views are swapped: training swaps a random half
 # of each batch, which doubles the pairs seen (point matching memorises 500 pairs within a few epochs)
@@ -157,6 +157,13 @@ def _mean_loss(network: TaskNetwork, loss_fn, scaler: LabelScaler, x: torch.Tens
     total = float(_per_image_losses(network, loss_fn, scaler, x, x_b, y, x.device).sum())
     network.train()
     return total / len(x)
+
+
+def network_cost(task: Task | str) -> float:
+    """Relative work of training one network of the stage I architecture for `task` on a split (to start the
+    longest jobs first): a dense decoder costs about twice a global head, a pair head reads two views."""
+    head = as_task(task).head
+    return (2.0 if head == "dense" else 1.0) * (2.0 if head == "pair" else 1.0)
 
 
 def train_task(task_name: Task | str, data_group: zarr.Group, train_cfg: TrainConfig, seed: int,

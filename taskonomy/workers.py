@@ -68,18 +68,30 @@ def job_threads(n: int = 1):
 
 def run_jobs(fn: Callable[[T], R], jobs: Sequence[T], workers: int = 1,
              cost: Callable[[T], float] | None = None,
-             done: Callable[[int, R], Any] | None = None) -> list[R]:
-    """fn(job) for every job, `workers` at a time on one torch thread each; results in the order of `jobs`."""
+             done: Callable[[int, R], Any] | None = None, desc: str | None = None) -> list[R]:
+    """fn(job) for every job, `workers` at a time on one torch thread each; results in the order of `jobs`.
+
+    `desc`: show one bar of the jobs finished under that name while several run at once (each job's own
+    progress bar is then the caller's to switch off: their lines would interleave).
+    """
+    from tqdm import tqdm
+
     jobs = list(jobs)
     order = sorted(range(len(jobs)), key=lambda i: -cost(jobs[i])) if cost else list(range(len(jobs)))
     results: list[Any] = [None] * len(jobs)
     workers = max(1, min(int(workers), len(jobs)))
-    with job_threads(1):
+    bar = tqdm(total=len(jobs), desc=desc, unit="job", disable=desc is None or workers == 1)
+
+    def finish(i: int, value: Any) -> None:
+        results[i] = value
+        if done:
+            done(i, value)
+        bar.update()
+
+    with job_threads(1), bar:
         if workers == 1:
             for i in order:
-                results[i] = fn(jobs[i])
-                if done:
-                    done(i, results[i])
+                finish(i, fn(jobs[i]))
             return results
         todo: queue.Queue[int] = queue.Queue()
         for i in order:
@@ -106,9 +118,7 @@ def run_jobs(fn: Callable[[T], R], jobs: Sequence[T], workers: int = 1,
                 i, ok, value = finished.get()
                 if not ok:
                     raise value
-                results[i] = value
-                if done:
-                    done(i, value)
+                finish(i, value)
         finally:
             stop.set()
     return results

@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import zarr
-from tqdm import tqdm
 
 from taskonomy import TaskonomyError
 from taskonomy import tasks as registry
@@ -141,14 +140,12 @@ def _run_jobs(features: Path, jobs: list[ReadoutJob], config: Config, size: int,
     root = zarr.open_group(str(features), mode="r")
     if not config.transfer.scheduler:
         workers = job_workers(config.threads)
-        bar = tqdm(total=len(jobs), desc=f"readouts of {len(jobs)} targets", unit="target",
-                   disable=not progress or workers == 1)
 
         def train(job: ReadoutJob):
             return train_readouts(root, [job], config.transfer, size, config.seed, block, progress and workers == 1)
 
-        parts = run_jobs(train, jobs, workers, cost=_readout_cost, done=lambda i, part: bar.update())
-        bar.close()
+        parts = run_jobs(train, jobs, workers, cost=_readout_cost,
+                         desc=f"readouts of {len(jobs)} targets" if progress else None)
     else:
         from distributed import Client
 
@@ -191,7 +188,7 @@ def _full_row(target: _Target, checkpoint: dict | None) -> None:
 def _scratch_rows(targets: list[_Target], data: zarr.Group, config: Config, device, progress: bool) -> dict[str, int]:
     """Fill every target's `scratch` row: kept when its stamp is unchanged, else trained now, the targets' networks
     side by side (taskonomy.workers); rows trained per target."""
-    from taskonomy.extract.stage1 import test_losses, train_task
+    from taskonomy.extract.stage1 import network_cost, test_losses, train_task
 
     if not config.transfer.scratch:
         return {}
@@ -214,10 +211,8 @@ def _scratch_rows(targets: list[_Target], data: zarr.Group, config: Config, devi
     def keep(i: int, losses: np.ndarray) -> None:
         todo[i].rows["scratch"] = (stamp[todo[i].name], 0, losses)
 
-    bar = tqdm(total=len(todo), desc="scratch networks", unit="net", disable=not progress or workers == 1)
-    run_jobs(train, todo, workers, cost=lambda t: 2.0 if t.job.task.head == "dense" else 1.0,
-             done=lambda i, losses: (keep(i, losses), bar.update()))
-    bar.close()
+    run_jobs(train, todo, workers, cost=lambda t: network_cost(t.job.task), done=keep,
+             desc="scratch networks" if progress else None)
     return {t.name: 1 for t in todo}
 
 
