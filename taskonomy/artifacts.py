@@ -97,6 +97,10 @@ class TargetLosses:
             raise TaskonomyError(f"target {self.target} has no transfer {name!r} in the loss table "
                                  f"(rows: {', '.join(self.transfers)})") from None
 
+    def first_order(self, exclude: Sequence[str] = ()) -> list[str]:
+        """The first-order rows (single sources), in table order, but those in `exclude`."""
+        return [n for n, o in zip(self.transfers, self.orders, strict=True) if o == 1 and n not in exclude]
+
     def validation_mean(self, name: str) -> float:
         """Mean loss of transfer `name` on the validation part of the transfer split: what selection ranks on."""
         self.row(name)  # an unknown row is named as such

@@ -44,7 +44,7 @@ def best_first_order(losses: TargetLosses, exclude: Collection[str] = ()) -> str
     control that wins says the target is degenerate); `exclude` leaves sources out (e.g. ("random", "pixels")).
     Ties go to the earlier row. One-line TaskonomyError when no row is eligible or validation losses are missing.
     """
-    names = [n for n, o in zip(losses.transfers, losses.orders, strict=True) if o == 1 and n not in set(exclude)]
+    names = losses.first_order(tuple(exclude))
     if not names:
         raise TaskonomyError(f"target {losses.target} has no first-order transfer to choose from"
                              + (f" (excluded: {', '.join(exclude)})" if exclude else ""))

@@ -106,8 +106,7 @@ def _mean_test(table: TargetLosses, names: Sequence[str]) -> dict[str, float]:
 
 
 def _first_order_rows(table: TargetLosses, controls: bool = True) -> list[str]:
-    left_out = set() if controls else _controls()
-    return [n for n, o in zip(table.transfers, table.orders, strict=True) if o == 1 and n not in left_out]
+    return table.first_order(() if controls else tuple(_controls()))
 
 
 def _best_source(table: TargetLosses) -> tuple[str, str]:
