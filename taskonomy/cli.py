@@ -706,6 +706,45 @@ def science(ctx: Context, budgets: str) -> None:
          f"{', '.join(str(p) for p in paths)}")
 
 
+@cli.command()
+@click.option("--estimators", default=None, metavar="A,B,...",
+              help="Comma list of logme, hscore, rsa, parc, ridge [all].")
+@click.option("--budgets", "max_budget", type=click.IntRange(1, 30), default=5, show_default=True,
+              help="Compare the BIP's taxonomies on AHP and on each estimator at budgets 1..K (max order 1).")
+@click.pass_obj
+def estimate(ctx: Context, estimators: str | None, max_budget: int) -> None:
+    """Readout-free transferability estimators on the feature cache (transfer split only): estimates/<name>.csv,
+    targets x sources, higher = better; where the run has affinity.csv, their agreement with AHP."""
+    from taskonomy.transfer.estimate import parse_estimators, run_estimate
+
+    names = parse_estimators(estimators)  # refused before anything is read or written
+    run_dir = ctx.prepare_run_dir()
+    start = time.perf_counter()
+    estimates, paths = run_estimate(ctx.config, run_dir, names, say=lambda m: _say(ctx, m))
+    timings = estimates.timings()
+    for note in estimates.notes:
+        click.echo(f"estimate: note: {note}", err=True)
+    _say(ctx, f"estimate: read {timings['feature_arrays']} feature arrays x {timings['images']} transfer images in "
+              f"{timings['read_seconds']:.2f} s ({timings['features_per_second']:.0f} features/s); " + ", ".join(
+                  f"{e} {s:.2f} s" for e, s in timings["estimators"].items()))
+    if (run_dir / FILES["affinity"]).is_file():
+        from taskonomy.taxonomy.estimate_agreement import run_agreement
+
+        results, more = run_agreement(run_dir, names, timings, max_budget)
+        paths += more
+        for e in results:
+            s = e.summary()
+            shown = {k: "-" if s[k] is None else f"{s[k]:.3f}" for k in
+                     ("mean_spearman", "mean_kendall", "top1_agreement", "published_mean_spearman")}
+            _say(ctx, f"estimate: {e.estimator:<7} vs AHP: mean Spearman {shown['mean_spearman']}, Kendall "
+                      f"{shown['mean_kendall']}, same top-1 {shown['top1_agreement']}; vs published "
+                      f"{shown['published_mean_spearman']}; same supervised set at {s['budgets_same_set']} of "
+                      f"{len(e.budgets)} budgets")
+    else:
+        _say(ctx, f"estimate: no {FILES['affinity']} in {run_dir}: agreement with AHP not measured")
+    _say(ctx, f"estimate: -> {', '.join(str(p) for p in paths)} ({time.perf_counter() - start:.1f} s)")
+
+
 STAGES = ("data", "train", "extract", "transfer", "ahp", "solve", "evaluate", "report")
 
 

@@ -69,6 +69,11 @@ FILES = {
     "compare_figure": "compare.png",
     "science_csv": "science.csv",  # `taskonomy science`: the issue's science goals measured, one row per check
     "science_json": "science.json",
+    "estimates": "estimates",  # `taskonomy estimate`: estimates/<estimator>.csv, targets x sources, higher = better
+    "estimate_timings": "estimates/timings.json",  # ... seconds per estimator, features read per second
+    "estimate_agreement_csv": "estimate_agreement.csv",  # ... each estimator against AHP and the published set
+    "estimate_agreement_json": "estimate_agreement.json",
+    "estimate_agreement_figure": "estimate_agreement.png",
     "report": "report",
 }
 # Which command rebuilds each store (for one-line errors).
@@ -105,6 +110,10 @@ class RunFolder:
     def all_for_one(self, target: str, suffix: str) -> Path:
         """all_for_one_<target>.json / .png: the best transfer into `target` from the supervised sources."""
         return self.path / f"all_for_one_{target}.{suffix}"
+
+    def estimate_table(self, estimator: str) -> Path:
+        """estimates/<estimator>.csv: one transferability estimator's scores, targets x sources."""
+        return self.path / FILES["estimates"] / f"{estimator}.csv"
 
     def budget_taxonomy(self, budget: int | float) -> Path:
         """taxonomy_budget_<b>.png: the taxonomy `evaluate` draws at budget b."""

@@ -1,0 +1,461 @@
+"""Readout-free transferability estimators on the feature cache: a targets x sources score table per estimator.
+
+    taskonomy --run-dir runs/default estimate [--estimators logme,hscore,rsa,parc,ridge]
+
+Reads the transfer split only (never a test image): every source's features through stage II's chunked feed
+(transfer.feed.FeatureFeed, one source at a time), pooled as each block arrives, and the targets' labels in
+slices. Higher is better for every estimator:
+
+- `logme`: LogME (You et al. 2021), the evidence per image of Bayesian linear regression from the features to
+  one label column, (alpha, beta) at MacKay's fixed point (Numba, _estimate_kernels.py), averaged over columns.
+- `hscore`: H-score (Bao et al. 2019), tr(cov(f)^+ cov(E[f | y])) over discrete labels.
+- `rsa`: Spearman correlation of the upper triangles of two representational dissimilarity matrices (1 -
+  Pearson correlation between images), the source's features against the TARGET's own stage I features on the
+  same images (Dwivedi and Roig 2019); a target without features of its own (added from the cache, or not
+  trained in stage I) has no RSA cells.
+- `parc`: PARC (Bolya et al. 2021), the feature RDM against the label RDM; Pearson correlation here.
+- `ridge`: a closed-form ridge probe (unpenalised intercept) fitted on the fit part of the transfer split and
+  scored on its validation part (transfer.validation, whole scenes, as stage II holds out): 1 - its squared
+  error over that of predicting the fit part's mean (R^2-like).
+
+Settings, fixed before any agreement with AHP was measured (module constants): features average-pooled to a
+2 x 2 grid (C x 4 values an image; a pair target reads both views, concatenated), z-scored per value on the
+transfer split and clipped at 5 sigma as stage II's readouts; dense labels average-pooled to 4 x 4 (class maps
+as one-hot class shares per cell), class labels one-hot, soft labels as stored, then z-scored per column;
+H-score's discrete labels are the class (the arg-max of a soft label), and for every other target k-means of
+the z-scored labels into 8 clusters; RDMs over at most 1000 evenly spaced images; ridge penalty 10 on the
+z-scored features (X^T X + 10 I). `full` is each estimator's score of the target's own stage I features.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from taskonomy import TaskonomyError
+from taskonomy import tasks as registry
+from taskonomy.config import Config
+from taskonomy.runfolder import RunFolder, write_csv, write_json
+from taskonomy.runtime import numba_cache_dir
+from taskonomy.tasks import Task
+
+__all__ = ["ESTIMATORS", "Estimates", "EstimateTable", "Features", "compute_estimates", "hscore", "kmeans",
+           "label_matrix", "logme", "parc", "parse_estimators", "pool_features", "rdm_upper", "read_estimates",
+           "ridge", "rsa", "run_estimate", "standardise"]
+
+ESTIMATORS = ("logme", "hscore", "rsa", "parc", "ridge")
+LABEL_BASED = ("logme", "hscore", "parc", "ridge")  # need the target's labels only; rsa needs its features
+FEATURE_GRID = 2  # features average-pooled to 2 x 2 cells
+LABEL_GRID = 4  # dense labels average-pooled to 4 x 4 cells
+CLIP_SIGMA = 5.0  # as stage II's readouts (transfer.train.CLIP_SIGMA)
+H_CLUSTERS = 8  # k-means clusters of a label that is not a class, for H-score
+RDM_IMAGES = 1000  # images of an RDM at most (evenly spaced over the transfer split)
+RIDGE_PENALTY = 10.0
+LABEL_SLICE = 512  # images of labels read at once
+LOGME_TOL, LOGME_MAX_ITER = 1e-6, 1000  # relative change of alpha / beta, or of the evidence per image
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# kernels: arrays in, numbers out
+
+
+def pool_features(block: np.ndarray, grid: int = FEATURE_GRID) -> np.ndarray:
+    """(n, C, h, w) features -> (n, C * grid * grid) float64, adaptive average pooling."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
+    return F.adaptive_avg_pool2d(x, grid).flatten(1).double().numpy()
+
+
+def standardise(x: np.ndarray, clip: float | None = CLIP_SIGMA) -> np.ndarray:
+    """Columns z-scored (a constant column becomes 0), clipped at +-clip sigma."""
+    std = x.std(0)
+    z = (x - x.mean(0)) / np.where(std > 1e-8, std, 1.0)
+    return np.clip(z, -clip, clip) if clip else z
+
+
+def label_matrix(task: Task, labels: np.ndarray, grid: int = LABEL_GRID) -> np.ndarray:
+    """One image's label as a row of numbers (n, m): dense maps pooled to grid x grid (class maps as class shares
+    per cell), class indices one-hot, vectors as stored."""
+    import torch
+    import torch.nn.functional as F
+
+    y = np.asarray(labels)
+    classes = (task.num_classes or int(y.max()) + 1) if y.dtype.kind in "iu" else 0
+    if y.dtype.kind in "iu" and y.ndim == 3:  # (n, H, W) class per pixel -> (n, K, H, W) indicator maps
+        y = np.moveaxis(np.eye(classes, dtype=np.float32)[y], -1, 1)
+    elif y.dtype.kind in "iu" and y.ndim == 1:
+        return np.eye(classes)[y]
+    if y.ndim == 4:
+        return F.adaptive_avg_pool2d(torch.from_numpy(y.astype(np.float32)), grid).flatten(1).double().numpy()
+    return y.reshape(len(y), -1).astype(np.float64)
+
+
+def kmeans(y: np.ndarray, k: int, seed: int = 0, iterations: int = 50) -> np.ndarray:
+    """Cluster ids (n,) of Lloyd's k-means with k-means++ seeding (deterministic for a seed)."""
+    rng = np.random.default_rng(seed)
+    k = min(k, len(y))
+    centres = [y[rng.integers(len(y))]]
+    for _ in range(1, k):
+        d2 = np.min([((y - c) ** 2).sum(1) for c in centres], axis=0)
+        if d2.sum() <= 0:
+            break
+        centres.append(y[rng.choice(len(y), p=d2 / d2.sum())])
+    c = np.array(centres)
+    ids = np.zeros(len(y), np.int64)
+    for _ in range(iterations):
+        ids_new = (((y[:, None, :] - c[None]) ** 2).sum(2)).argmin(1)
+        if _ and np.array_equal(ids_new, ids):
+            break
+        ids = ids_new
+        c = np.array([y[ids == j].mean(0) if np.any(ids == j) else c[j] for j in range(len(c))])
+    return ids
+
+
+def logme(x: np.ndarray, y: np.ndarray, backend: str = "numba") -> float:
+    """LogME of features x (n, d) for labels y (n, m): the mean over columns of the evidence per image."""
+    u, s, _ = np.linalg.svd(x, full_matrices=False)
+    keep = s > s.max(initial=0.0) * 1e-10
+    u, s2 = u[:, keep], s[keep] ** 2
+    z = u.T @ y  # (k, m)
+    outside = np.maximum((y ** 2).sum(0) - (z ** 2).sum(0), 0.0)
+    n, dim = x.shape
+    if backend == "numpy":
+        from taskonomy.transfer._estimate_kernels import fixed_point
+
+        # the same loop in Python (the kernel's own source, run uncompiled): the reference the tests compare with
+        values = [fixed_point.py_func(s2, z[:, j].copy(), outside[j], n, dim, LOGME_TOL, LOGME_MAX_ITER)[0]
+                  for j in range(z.shape[1])]
+    else:
+        numba_cache_dir(Path(__file__).parent)
+        from taskonomy.transfer._estimate_kernels import logme_columns
+
+        values = logme_columns(s2, np.ascontiguousarray(z), outside, float(n), float(dim), LOGME_TOL,
+                               LOGME_MAX_ITER)
+    return float(np.mean(values))
+
+
+def hscore(x: np.ndarray, classes: np.ndarray) -> float:
+    """H-score: sum over classes y of p(y) (g_y - mu)^T cov(f)^+ (g_y - mu), with g_y the class mean."""
+    xc = x - x.mean(0)
+    w, v = np.linalg.eigh(xc.T @ xc / len(x))
+    keep = w > w.max(initial=0.0) * 1e-10
+    whiten = v[:, keep] / np.sqrt(w[keep])  # (d, k): cov^+ = whiten whiten^T
+    ids, counts = np.unique(classes, return_inverse=True, return_counts=True)[1:]
+    sums = np.zeros((len(counts), x.shape[1]))
+    np.add.at(sums, ids, xc)
+    means = sums / counts[:, None]  # (classes, d), centred
+    return float((counts / len(x) * ((means @ whiten) ** 2).sum(1)).sum())
+
+
+def rdm_upper(x: np.ndarray) -> np.ndarray:
+    """The upper triangle (k > 0) of the RDM of the rows of x: 1 - Pearson correlation between images."""
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+    t = t - t.mean(1, keepdim=True)
+    t = t / t.norm(dim=1, keepdim=True).clamp_min(1e-12)  # a constant row correlates 0 with everything
+    i, j = torch.triu_indices(len(t), len(t), 1)
+    return (1.0 - (t @ t.T))[i, j].numpy()
+
+
+def _zscore(v: np.ndarray) -> np.ndarray:
+    std = v.std()
+    return (v - v.mean()) / std if std > 0 else np.zeros_like(v)
+
+
+def rsa(rdm_a: np.ndarray, rdm_b: np.ndarray) -> float:
+    """Spearman correlation of two RDMs' upper triangles (ties at their mean rank)."""
+    from scipy.stats import rankdata
+
+    return float(np.mean(_zscore(rankdata(rdm_a)) * _zscore(rankdata(rdm_b))))
+
+
+def parc(rdm_features: np.ndarray, rdm_labels: np.ndarray) -> float:
+    """Pearson correlation of the feature RDM's and the label RDM's upper triangles."""
+    return float(np.mean(_zscore(rdm_features) * _zscore(rdm_labels)))
+
+
+def ridge(x_fit: np.ndarray, y_fit: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+          penalty: float = RIDGE_PENALTY) -> float:
+    """1 - squared validation error of the ridge probe (intercept unpenalised) over that of the fit mean."""
+    mx, my = x_fit.mean(0), y_fit.mean(0)
+    xc = x_fit - mx
+    w, v = np.linalg.eigh(xc.T @ xc)
+    coef = v @ ((v.T @ (xc.T @ (y_fit - my))) / (w + penalty)[:, None])  # (d, m)
+    error = ((y_val - my - (x_val - mx) @ coef) ** 2).sum()
+    base = ((y_val - my) ** 2).sum()
+    return float(1.0 - error / base) if base > 0 else math.nan
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reading the cache and the labels (transfer split only)
+
+
+@dataclass
+class Features:
+    """Pooled, standardised transfer-split features: (source, pair target or None) -> (n, d) float64."""
+
+    x: dict[tuple[str, str | None], np.ndarray] = field(default_factory=dict)
+    seconds: float = 0.0  # reading, decoding and pooling
+    images: int = 0
+    arrays: int = 0  # feature arrays read (a source's view of the transfer split)
+    bytes: int = 0  # their stored size, uncompressed
+
+
+def read_features(root, sources: Sequence[str], pair_targets: Sequence[str] = ()) -> Features:
+    """Every source's transfer-split features through stage II's feed, one source (and view) at a time, each
+    block pooled as it arrives: memory holds two chunks of one array and the pooled values."""
+    from taskonomy.transfer.feed import FeatureFeed
+
+    out, start = Features(), time.perf_counter()
+    for source in sources:
+        for view in (None, *pair_targets):
+            paths = [f"{source}/transfer"] + ([f"{source}/views/{view}/transfer"] if view else [])
+            if any(p not in root for p in paths):
+                continue  # a source without the second view of a pair task: that target has no cell for it
+            feed = FeatureFeed(root, paths)
+            parts = [np.concatenate([pool_features(block[p]) for p in paths], 1) for _, _, block in feed.blocks()]
+            out.x[(source, view)] = standardise(np.concatenate(parts))
+            out.images, out.arrays = feed.n, out.arrays + len(paths)
+            out.bytes += sum(int(np.prod(root[p].shape)) * root[p].dtype.itemsize for p in paths)
+    out.seconds = time.perf_counter() - start
+    return out
+
+
+def read_target(task: Task, rows: Sequence[np.ndarray] | np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(labels z-scored per column (n, m), discrete labels for H-score (n,)) from label slices in image order."""
+    rows = [rows] if isinstance(rows, np.ndarray) else list(rows)
+    y = np.concatenate([label_matrix(task, r) for r in rows])
+    if rows[0].ndim == 1 and rows[0].dtype.kind in "iu":
+        classes = np.concatenate(rows).astype(np.int64)
+    elif task.loss == "soft_ce":
+        classes = y.argmax(1)
+    else:
+        classes = kmeans(standardise(y, None), H_CLUSTERS, seed)
+    return standardise(y, None), classes
+
+
+def _label_slices(data, name: str, index: np.ndarray) -> list[np.ndarray]:
+    array = data[f"labels/{name}"]
+    return [np.asarray(array.get_orthogonal_selection((index[lo:lo + LABEL_SLICE],)))
+            for lo in range(0, len(index), LABEL_SLICE)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the stage
+
+
+def parse_estimators(value: str | Sequence[str] | None) -> list[str]:
+    """Estimator names from a comma list (None: all), each known, none twice."""
+    names = list(ESTIMATORS) if value is None else \
+        [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
+    unknown = [n for n in names if n not in ESTIMATORS]
+    if unknown or not names:
+        raise TaskonomyError(f"unknown estimator {(unknown or [''])[0]!r}; expected a comma list of "
+                             f"{', '.join(ESTIMATORS)}")
+    return list(dict.fromkeys(names))
+
+
+@dataclass
+class Estimates:
+    """Every estimator's scores: (targets, 1 + sources) tables, column 0 `full` (the target's own features)."""
+
+    estimators: list[str]
+    targets: list[str]
+    sources: list[str]
+    scores: dict[str, np.ndarray]
+    seconds: dict[str, float]  # per estimator, its own preparation included (SVDs, RDMs, Numba compilation)
+    features: Features
+    label_seconds: float
+    no_own_features: list[str]  # targets without stage I features: no RSA cells, no `full` cells
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def columns(self) -> list[str]:
+        return ["full", *self.sources]
+
+    def row(self, estimator: str, target: str) -> dict[str, float]:
+        values = self.scores[estimator][self.targets.index(target)]
+        return {c: float(v) for c, v in zip(self.columns, values) if not math.isnan(v)}
+
+    def timings(self) -> dict:
+        read = self.features.seconds
+        pairs = self.features.images * self.features.arrays
+        return {"estimators": {e: round(self.seconds[e], 4) for e in self.estimators},
+                "total_seconds": round(sum(self.seconds.values()) + read + self.label_seconds, 4),
+                "read_seconds": round(read, 4), "label_seconds": round(self.label_seconds, 4),
+                "images": self.features.images, "feature_arrays": self.features.arrays,
+                "features_per_second": round(pairs / read, 1) if read else None,
+                "megabytes_per_second": round(self.features.bytes / 1e6 / read, 2) if read else None,
+                "higher_is_better": True, "notes": self.notes}
+
+
+class _Scorer:
+    """The estimators over one run's features; each caches what it computes per source (RDMs) and keeps time."""
+
+    def __init__(self, features: Features, estimators: list[str], held: np.ndarray):
+        self.features, self.estimators, self.held = features, estimators, held
+        n = features.images
+        self.subset = np.unique(np.linspace(0, n - 1, min(n, RDM_IMAGES)).round().astype(int))
+        self.cache: dict[tuple[str, tuple], np.ndarray] = {}
+        self.seconds = dict.fromkeys(estimators, 0.0)
+
+    def _rdm(self, kind: str, key: tuple, x: np.ndarray) -> np.ndarray:
+        """The z-scored RDM upper triangle of x on the subset: ranked first for `rsa`, as is for `parc`."""
+        if (kind, key) not in self.cache:
+            from scipy.stats import rankdata
+
+            d = rdm_upper(x[self.subset])
+            self.cache[(kind, key)] = _zscore(rankdata(d) if kind == "rsa" else d)
+        return self.cache[(kind, key)]
+
+    def score(self, estimator: str, key: tuple, own: tuple | None, target: str, y: np.ndarray,
+              classes: np.ndarray) -> float:
+        """One cell: `key` the source's features, `own` the target's (None: it has none), y and classes its labels."""
+        x = self.features.x[key]
+        start = time.perf_counter()
+        if estimator == "logme":
+            value = logme(x, y)
+        elif estimator == "hscore":
+            value = hscore(x, classes)
+        elif estimator == "rsa":
+            value = float(np.mean(self._rdm("rsa", key, x) * self._rdm("rsa", own, self.features.x[own]))) \
+                if own is not None else math.nan
+        elif estimator == "parc":
+            value = float(np.mean(self._rdm("parc", key, x) * self._rdm("parc", ("labels of", target), y)))
+        else:
+            fit = ~self.held
+            value = ridge(x[fit], y[fit], x[self.held], y[self.held]) if self.held.any() else math.nan
+        self.seconds[estimator] += time.perf_counter() - start
+        return value
+
+
+def compute_estimates(config: Config, run_dir: str | Path, estimators: Sequence[str] | None = None,
+                      say=None) -> Estimates:
+    """Every estimator for every target (the config's and those added from the cache) and every cached source,
+    on the transfer split. Refuses, in one line, a run without data.zarr or a complete features.zarr."""
+    from taskonomy.artifacts import read_added_targets
+    from taskonomy.extract.features import open_features
+    from taskonomy.extract.pipeline import source_names
+    from taskonomy.extract.stage1 import validation_mask
+    from taskonomy.scenes.dataset import data_hash, open_data
+    from taskonomy.transfer.stage import transfer_targets, validation_part
+
+    estimators = parse_estimators(estimators)
+    run = RunFolder(run_dir)
+    data = open_data(run.data, config)
+    data_tasks, data_id = list(data.attrs["tasks"]), data_hash(data)
+    sources = source_names(config, data_tasks)
+    root = open_features(run.features, sources, data_id)
+    added = {a.task.name: a for a in read_added_targets(run.path) if a.data_hash == data_id}
+    names = [t for t in transfer_targets(config, data_tasks) if t not in added] + list(added)
+    tasks = {n: added[n].task if n in added else registry.get(n) for n in names}
+    # stage II's validation part; with max order 1 an empty one is allowed (ridge then scores nothing)
+    held = validation_part(data, config) if config.transfer.max_order > 1 else \
+        validation_mask(data, config.transfer.validation, config.seed, "transfer")
+    pairs = [n for n in names if tasks[n].head == "pair"]
+    features = read_features(root, sources, pairs)
+    index = np.asarray(data["splits/transfer"][:])
+    if features.images != len(index):
+        raise TaskonomyError(f"{run.features}: {features.images} transfer images, data.zarr has {len(index)}; "
+                             f"run `taskonomy extract --force`")
+    scorer = _Scorer(features, estimators, held)
+    scores = {e: np.full((len(names), 1 + len(sources)), math.nan) for e in estimators}
+    no_own, label_seconds = [], 0.0
+    for i, name in enumerate(names):
+        task, view = tasks[name], name if tasks[name].head == "pair" else None
+        start = time.perf_counter()
+        rows = added[name].labels(run.path)[index] if name in added else _label_slices(data, name, index)
+        y, classes = read_target(task, rows, config.seed)
+        label_seconds += time.perf_counter() - start
+        own = (name, view) if (name, view) in features.x else None
+        if own is None:
+            no_own.append(name)
+        for j, column in enumerate(["full", *sources]):
+            key = own if column == "full" else (column, view)
+            if column == name or key is None or key not in features.x:
+                continue
+            for estimator in estimators:
+                scores[estimator][i, j] = scorer.score(estimator, key, own, name, y, classes)
+        if say:
+            say(f"estimate: {name:<18} {len(sources)} sources, {y.shape[1]} label values")
+    notes = []
+    if no_own and "rsa" in estimators:
+        notes.append(f"no stage I features of {', '.join(no_own)}: rsa cells and full left empty "
+                     f"(label-based estimators only)")
+    if "ridge" in estimators and not held.any():
+        notes.append("transfer.validation holds out no scene: ridge has nothing to score on, its cells are empty")
+    return Estimates(estimators, names, sources, scores, scorer.seconds, features, label_seconds, no_own, notes)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# estimates/<estimator>.csv: the one writer and reader
+
+
+@dataclass(frozen=True)
+class EstimateTable:
+    """estimates/<estimator>.csv: targets x (full, sources), NaN where not scored; higher is better."""
+
+    estimator: str
+    targets: list[str]
+    columns: list[str]
+    values: np.ndarray
+
+    def row(self, target: str) -> dict[str, float]:
+        values = self.values[self.targets.index(target)]
+        return {c: float(v) for c, v in zip(self.columns, values) if not math.isnan(v)}
+
+
+def write_estimates(run_dir: str | Path, estimates: Estimates) -> list[Path]:
+    """estimates/<estimator>.csv per estimator and estimates/timings.json."""
+    run = RunFolder(run_dir)
+    try:
+        run.estimates.mkdir(exist_ok=True)
+    except OSError as err:
+        raise TaskonomyError(f"cannot write {run.estimates}: {err.strerror or err}") from None
+    paths = [write_csv(run.estimate_table(e), ["target", *estimates.columns],
+                       [[t, *row] for t, row in zip(estimates.targets, estimates.scores[e].tolist())], digits=10)
+             for e in estimates.estimators]
+    return paths + [write_json(run.estimate_timings, estimates.timings())]
+
+
+def read_estimates(run_dir: str | Path, estimator: str) -> EstimateTable:
+    """One estimator's table, as write_estimates wrote it."""
+    import csv
+
+    path = RunFolder(run_dir).estimate_table(estimator)
+    try:
+        with path.open(newline="") as handle:
+            rows = [r for r in csv.reader(handle) if r]
+    except FileNotFoundError:
+        raise TaskonomyError(f"{path} does not exist; run `taskonomy estimate` first") from None
+    if not rows or rows[0][:1] != ["target"]:
+        raise TaskonomyError(f"{path}: expected a header whose first column is 'target'")
+    try:
+        values = np.array([[float(c) if c else math.nan for c in r[1:]] for r in rows[1:]], np.float64)
+    except ValueError:
+        raise TaskonomyError(f"{path}: a cell is not a number") from None
+    return EstimateTable(estimator, [r[0] for r in rows[1:]], rows[0][1:], values.reshape(len(rows) - 1, -1))
+
+
+def run_estimate(config: Config, run_dir: str | Path, estimators: Sequence[str] | None = None,
+                 say=None) -> tuple[Estimates, list[Path]]:
+    """compute_estimates, then its tables and timings into the run folder (nothing is written on a refusal)."""
+    estimates = compute_estimates(config, run_dir, estimators, say)
+    return estimates, write_estimates(run_dir, estimates)
+
+
+def timings_of(run_dir: str | Path) -> dict:
+    """estimates/timings.json ({} when missing)."""
+    try:
+        return json.loads(RunFolder(run_dir).estimate_timings.read_text())
+    except (OSError, ValueError):
+        return {}
