@@ -325,6 +325,32 @@ def _science_section(run: RunFolder) -> str:
                      [not g["passed"] for g in doc["goals"]]))
 
 
+def _estimates_section(run: RunFolder, out: Path) -> str:
+    """`taskonomy estimate`'s estimators against AHP (estimate_agreement.json): one row per estimator, the figure."""
+    doc = json.loads(run.estimate_agreement_json.read_text())
+
+    def num(value: Any, digits: int = 3) -> str:
+        return "-" if value is None else f"{float(value):.{digits}f}"
+
+    rows = [[e["estimator"], num(doc["seconds"].get(e["estimator"]), 2), num(e["mean_spearman"]),
+             num(e["mean_kendall"]), num(e["top1_agreement"], 2), num(e["mean_top3_overlap"], 2),
+             num(e["published_mean_spearman"]), f"{e['budgets_same_set']} of {len(e['budgets'])}",
+             " ".join(num(b["same_transfer"], 2) for b in e["budgets"])] for e in doc["estimators"]]
+    return (f"<p>Readout-free transferability estimators on the feature cache's transfer split "
+            f"(<code>taskonomy estimate</code>; scores in {_e(run.estimates.name)}/, higher = better), each against "
+            f"this run's AHP first-order affinities: mean per-target Spearman and Kendall, how often the top source "
+            f"is the same, the mean share of the top three; Spearman against the published set "
+            f"({_e(doc['published'])}; AHP itself: {num(doc['ahp_vs_published_mean_spearman'])}); and the BIP at "
+            f"budgets 1..{_e(doc['budgets'])}, max order 1, on the estimator's scores normalised per target against "
+            f"the BIP on AHP's: at how many budgets the supervised set is the same, and per budget the share of "
+            f"targets given the same transfer.</p>"
+            + _table(["estimator", "seconds", "Spearman", "Kendall", "same top-1", "top-3 overlap",
+                      "Spearman vs published", "same supervised set", "same transfer per budget"], rows)
+            + _figure(out, run.estimate_agreement_figure, run.estimate_agreement_figure.name,
+                      "Spearman correlation of each estimator with AHP, per target")
+            if run.estimate_agreement_figure.is_file() else "")
+
+
 def _versions() -> list[list[str]]:
     rows = [["python", sys.version.split()[0]]]
     for name in PACKAGES:
@@ -394,6 +420,9 @@ def _sections(run: RunFolder, config: Config, out: Path, timings: dict[str, floa
          _guarded(run.affinity_ci.name, _top_section, run)),
         ("published", "Agreement with the published Taskonomy results",
          _guarded("the published results", _agreement_section, run)),
+        ("estimates", "Transferability estimators", _guarded(run.estimate_agreement_json.name, _estimates_section,
+                                                              run, out)
+         if run.estimate_agreement_json.is_file() else None),  # only where `taskonomy estimate` measured them
         ("taxonomy", "Stage IV: taxonomies", _taxonomy_section(run, out)),
         ("science", "Science checks", _guarded(run.science_json.name, _science_section, run)
          if run.science_json.is_file() else None),  # only where `taskonomy science` measured the run
