@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 __all__ = ["evidence", "fixed_point", "logme_columns"]
 
@@ -63,10 +63,10 @@ def fixed_point(s2, z, outside, n, dim, tol, max_iter):
     return last, alpha, beta
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def logme_columns(s2, z, outside, n, dim, tol, max_iter):
     """LogME of every label column: s2 (k,), z (k, m) = U^T Y, outside (m,); returns (m,) float64."""
     out = np.empty(z.shape[1])
-    for j in prange(z.shape[1]):
+    for j in range(z.shape[1]):
         out[j] = fixed_point(s2, np.ascontiguousarray(z[:, j]), outside[j], n, dim, tol, max_iter)[0]
     return out

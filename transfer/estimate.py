@@ -33,8 +33,10 @@ import json
 import math
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,8 +48,8 @@ from taskonomy.runtime import numba_cache_dir
 from taskonomy.tasks import Task
 
 __all__ = ["ESTIMATORS", "Estimates", "EstimateTable", "Features", "compute_estimates", "hscore", "kmeans",
-           "label_matrix", "logme", "parc", "parse_estimators", "pool_features", "rdm_upper", "read_estimates",
-           "ridge", "rsa", "run_estimate", "standardise"]
+           "label_matrix", "logme", "one_thread", "parc", "parse_estimators", "pool_features", "rdm_upper",
+           "read_estimates", "ridge", "rsa", "run_estimate", "standardise", "svd_of"]
 
 ESTIMATORS = ("logme", "hscore", "rsa", "parc", "ridge")
 LABEL_BASED = ("logme", "hscore", "parc", "ridge")  # need the target's labels only; rsa needs its features
@@ -119,14 +121,21 @@ def kmeans(y: np.ndarray, k: int, seed: int = 0, iterations: int = 50) -> np.nda
     return ids
 
 
-def logme(x: np.ndarray, y: np.ndarray, backend: str = "numba") -> float:
-    """LogME of features x (n, d) for labels y (n, m): the mean over columns of the evidence per image."""
+def svd_of(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(U (n, k), S^2 (k,), d) of features x (n, d), the k singular values above 1e-10 of the largest."""
     u, s, _ = np.linalg.svd(x, full_matrices=False)
     keep = s > s.max(initial=0.0) * 1e-10
-    u, s2 = u[:, keep], s[keep] ** 2
+    return u[:, keep], s[keep] ** 2, x.shape[1]
+
+
+def logme(x: np.ndarray, y: np.ndarray, backend: str = "numba",
+          svd: tuple[np.ndarray, np.ndarray, int] | None = None) -> float:
+    """LogME of features x (n, d) for labels y (n, m): the mean over columns of the evidence per image (`svd`:
+    svd_of(x), when the caller has it)."""
+    u, s2, dim = svd or svd_of(x)
     z = u.T @ y  # (k, m)
     outside = np.maximum((y ** 2).sum(0) - (z ** 2).sum(0), 0.0)
-    n, dim = x.shape
+    n = len(x)
     if backend == "numpy":
         from taskonomy.transfer._estimate_kernels import fixed_point
 
@@ -305,7 +314,7 @@ class _Scorer:
         self.features, self.estimators, self.held = features, estimators, held
         n = features.images
         self.subset = np.unique(np.linspace(0, n - 1, min(n, RDM_IMAGES)).round().astype(int))
-        self.cache: dict[tuple[str, tuple], np.ndarray] = {}
+        self.cache: dict[tuple[str, tuple], Any] = {}
         self.seconds = dict.fromkeys(estimators, 0.0)
 
     def _rdm(self, kind: str, key: tuple, x: np.ndarray) -> np.ndarray:
@@ -323,7 +332,9 @@ class _Scorer:
         x = self.features.x[key]
         start = time.perf_counter()
         if estimator == "logme":
-            value = logme(x, y)
+            if ("svd", key) not in self.cache:
+                self.cache[("svd", key)] = svd_of(x)
+            value = logme(x, y, svd=self.cache[("svd", key)])
         elif estimator == "hscore":
             value = hscore(x, classes)
         elif estimator == "rsa":
@@ -338,10 +349,34 @@ class _Scorer:
         return value
 
 
+@contextmanager
+def one_thread():
+    """Torch, Numba and BLAS on one thread meanwhile (taskonomy.runtime.cap_threads), then as they were: every
+    matrix here is a few hundred images by a few dozen values, smaller than a thread pool's cost to wake (all five
+    estimators on the default run took 4 s on one thread, 107 s on two with a training job on both cores)."""
+    import torch
+
+    from taskonomy.runtime import cap_threads
+
+    before = torch.get_num_threads()
+    cap_threads(1)
+    try:
+        yield
+    finally:
+        cap_threads(before)
+
+
 def compute_estimates(config: Config, run_dir: str | Path, estimators: Sequence[str] | None = None,
-                      say=None) -> Estimates:
-    """Every estimator for every target (the config's and those added from the cache) and every cached source,
-    on the transfer split. Refuses, in one line, a run without data.zarr or a complete features.zarr."""
+                      say=None, only: Sequence[str] | None = None) -> Estimates:
+    """Every estimator for every target (the config's and those added from the cache; or the targets `only`) and
+    every cached source, on the transfer split, on one thread. Refuses, in one line, a run without data.zarr or a
+    complete features.zarr."""
+    with one_thread():
+        return _compute(config, run_dir, estimators, say, only)
+
+
+def _compute(config: Config, run_dir: str | Path, estimators: Sequence[str] | None, say,
+             only: Sequence[str] | None) -> Estimates:
     from taskonomy.artifacts import read_added_targets
     from taskonomy.extract.features import open_features
     from taskonomy.extract.pipeline import source_names
@@ -357,6 +392,10 @@ def compute_estimates(config: Config, run_dir: str | Path, estimators: Sequence[
     root = open_features(run.features, sources, data_id)
     added = {a.task.name: a for a in read_added_targets(run.path) if a.data_hash == data_id}
     names = [t for t in transfer_targets(config, data_tasks) if t not in added] + list(added)
+    for name in only or []:
+        if name not in names:
+            raise TaskonomyError(f"{name!r} is not a target of {run.path}")
+    names = [n for n in names if only is None or n in only]
     tasks = {n: added[n].task if n in added else registry.get(n) for n in names}
     # stage II's validation part; with max order 1 an empty one is allowed (ridge then scores nothing)
     held = validation_part(data, config) if config.transfer.max_order > 1 else \
