@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 CONFIG  ?= configs/default.yaml
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup lint test test-slow demo data preview train extract transfer add-target add-source ahp taxonomy report upgrade published compare science bench clean
+.PHONY: setup lint test test-slow demo data preview train extract transfer add-target add-source ahp taxonomy report upgrade published compare science estimate bench clean
 
 setup: $(STAMP)
 
@@ -86,6 +86,12 @@ compare: setup
 science: setup
 	$(BIN)/taskonomy --run-dir $(RUN) science
 
+# Readout-free transferability estimators on the run's feature cache (estimates/<name>.csv, higher = better) and,
+# where the run has affinity.csv, their agreement with AHP (estimate_agreement.csv/json/png in $(RUN)).
+ESTIMATORS ?= logme,hscore,rsa,parc,ridge
+estimate: setup
+	$(BIN)/taskonomy --run-dir $(RUN) estimate --estimators $(ESTIMATORS)
+
 # A run folder made by an older version: verify its stores and record what this version needs.
 upgrade: setup
 	$(BIN)/taskonomy --run-dir $(RUN) upgrade
@@ -99,6 +105,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_encoder.py
 	$(BIN)/python benchmarks/bench_bip.py
 	$(BIN)/python benchmarks/bench_ahp.py
+	$(BIN)/python benchmarks/bench_estimate.py --run-dir $(RUN)
 
 clean:
 	rm -rf runs/
