@@ -208,3 +208,40 @@ def test_estimate_refuses_bad_input_in_one_line(faults_run, tmp_path, capsys):
     assert cli(config, run_dir, "estimate") == 2
     assert "features.zarr does not exist" in one_line(capsys)
     assert not RunFolder(run_dir).estimates.exists() and not RunFolder(run_dir).estimate_agreement_csv.exists()
+
+
+def test_a_pair_target_reads_both_views_chunk_by_chunk(tmp_path):
+    from taskonomy.transfer.estimate import read_features
+
+    rng = np.random.default_rng(8)
+    root = zarr.open_group(str(tmp_path / "features.zarr"), mode="w")
+    views = {"s/transfer": rng.random((10, 2, 4, 4)), "s/views/egomotion/transfer": rng.random((10, 2, 4, 4)),
+             "t/transfer": rng.random((10, 2, 4, 4))}  # t has no second view of egomotion: no cell there
+    for path, values in views.items():
+        root.create_array(path, shape=values.shape, chunks=(4, 2, 4, 4), dtype="f2")[...] = values.astype(np.float16)
+    features = read_features(root, ["s", "t"], ["egomotion"])
+    assert set(features.x) == {("s", None), ("t", None), ("s", "egomotion")} and features.images == 10
+    both = np.concatenate([pool_features(views[p].astype(np.float16)) for p in ("s/transfer",
+                                                                              "s/views/egomotion/transfer")], 1)
+    np.testing.assert_allclose(features.x[("s", "egomotion")], standardise(both), atol=1e-12)
+
+
+def test_a_target_added_from_the_cache_gets_the_label_based_estimators_only(faults_run, tmp_path, capsys):
+    from taskonomy.artifacts import AddedTarget, labels_hash, write_added_target
+    from taskonomy.scenes.dataset import data_hash, open_data
+    from taskonomy.tasks import Task
+
+    config, reference = faults_run
+    run_dir = copy_run(reference, tmp_path)
+    data = open_data(RunFolder(run_dir).data)
+    labels = (np.asarray(data["labels/depth_zbuffer"][...]).mean(axis=(1, 2, 3)) > 3.0).astype(np.uint8)
+    task = Task("far_room", "added", "rgb", "global", 2, "ce", "test", "uint8", 2, role="target")
+    write_added_target(run_dir, AddedTarget(task, labels_hash(labels), data_hash(data), "test"), labels)
+    capsys.readouterr()
+    assert cli(config, run_dir, "estimate", "--estimators", "logme,rsa,hscore") == 0
+    assert "no stage I features of far_room: rsa cells and full left empty" in capsys.readouterr().err
+    for estimator in ("logme", "rsa", "hscore"):
+        table = read_estimates(run_dir, estimator)
+        row = table.values[table.targets.index("far_room")]
+        assert math.isnan(row[0])  # no network of its own among the sources: no `full`
+        assert np.isnan(row[1:]).all() if estimator == "rsa" else np.isfinite(row[1:]).all(), (estimator, row)
