@@ -21,7 +21,8 @@ slices. Higher is better for every estimator:
 Settings, fixed before any agreement with AHP was measured (module constants): features average-pooled to a
 2 x 2 grid (C x 4 values an image; a pair target reads both views, concatenated), z-scored per value on the
 transfer split and clipped at 5 sigma as stage II's readouts; dense labels average-pooled to 4 x 4 (class maps
-as one-hot class shares per cell), class labels one-hot, soft labels as stored, then z-scored per column;
+as one-hot class shares per cell), class labels one-hot, soft labels as stored, then z-scored per column (a
+column constant on the transfer split left out);
 H-score's discrete labels are the class (the arg-max of a soft label), and for every other target k-means of
 the z-scored labels into 8 clusters; RDMs over at most 1000 evenly spaced images; ridge penalty 10 on the
 z-scored features (X^T X + 10 I). `full` is each estimator's score of the target's own stage I features.
@@ -249,7 +250,11 @@ def read_target(task: Task, rows: Sequence[np.ndarray] | np.ndarray, seed: int =
         classes = y.argmax(1)
     else:
         classes = kmeans(standardise(y, None), H_CLUSTERS, seed)
-    return standardise(y, None), classes
+    # a label value that never varies on these images (segment_semantic's unused class 0 in every cell) tells
+    # nothing about any source, and LogME's evidence of an all-zero column grows without bound, differently
+    # per source: such columns are left out
+    varies = y.std(0) > 1e-8
+    return standardise(y[:, varies] if varies.any() else y, None), classes
 
 
 def _label_slices(data, name: str, index: np.ndarray) -> list[np.ndarray]:

@@ -245,3 +245,14 @@ def test_a_target_added_from_the_cache_gets_the_label_based_estimators_only(faul
         row = table.values[table.targets.index("far_room")]
         assert math.isnan(row[0])  # no network of its own among the sources: no `full`
         assert np.isnan(row[1:]).all() if estimator == "rsa" else np.isfinite(row[1:]).all(), (estimator, row)
+
+
+def test_a_label_value_that_never_varies_is_left_out():
+    from taskonomy.transfer.estimate import read_target
+
+    rng = np.random.default_rng(9)
+    semantic = rng.integers(1, registry.N_SEMANTIC, (40, 16, 16)).astype(np.uint8)  # class 0 never appears
+    y, classes = read_target(registry.get("segment_semantic"), [semantic[:25], semantic[25:]])
+    assert y.shape == (40, (registry.N_SEMANTIC - 1) * 16) and len(classes) == 40
+    np.testing.assert_allclose(y.std(0), 1.0)
+    assert np.isfinite(logme(standardise(rng.standard_normal((40, 8))), y))
