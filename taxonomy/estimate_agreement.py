@@ -126,6 +126,8 @@ def taxonomy_at(side: Side, sources: Sequence[str], targets: Sequence[str], budg
 def _budget_matches(ahp: Side, estimator: Side, budgets: int) -> list[BudgetMatch]:
     sources, targets = _common(ahp, estimator)
     targets = [t for t in targets if estimator.rows[t]]
+    if not targets:  # an estimator that scored nothing (ridge without a validation part): no taxonomy to compare
+        return []
     out = []
     for budget in range(1, min(budgets, len(sources)) + 1):
         a, b = taxonomy_at(ahp, sources, targets, budget), taxonomy_at(estimator, sources, targets, budget)

@@ -50,7 +50,7 @@ from taskonomy.tasks import Task
 
 __all__ = ["ESTIMATORS", "Estimates", "EstimateTable", "Features", "compute_estimates", "hscore", "kmeans",
            "label_matrix", "logme", "one_thread", "parc", "parse_estimators", "pool_features", "rdm_upper",
-           "read_estimates", "ridge", "rsa", "run_estimate", "standardise", "svd_of"]
+           "read_estimates", "ridge", "rsa", "run_estimate", "standardise", "svd_of", "whitening"]
 
 ESTIMATORS = ("logme", "hscore", "rsa", "parc", "ridge")
 LABEL_BASED = ("logme", "hscore", "parc", "ridge")  # need the target's labels only; rsa needs its features
@@ -152,12 +152,19 @@ def logme(x: np.ndarray, y: np.ndarray, backend: str = "numba",
     return float(np.mean(values))
 
 
-def hscore(x: np.ndarray, classes: np.ndarray) -> float:
-    """H-score: sum over classes y of p(y) (g_y - mu)^T cov(f)^+ (g_y - mu), with g_y the class mean."""
+def whitening(x: np.ndarray) -> np.ndarray:
+    """(d, k) W with W W^T = cov(x)^+ (the k eigenvalues above 1e-10 of the largest)."""
     xc = x - x.mean(0)
     w, v = np.linalg.eigh(xc.T @ xc / len(x))
     keep = w > w.max(initial=0.0) * 1e-10
-    whiten = v[:, keep] / np.sqrt(w[keep])  # (d, k): cov^+ = whiten whiten^T
+    return v[:, keep] / np.sqrt(w[keep])
+
+
+def hscore(x: np.ndarray, classes: np.ndarray, whiten: np.ndarray | None = None) -> float:
+    """H-score: sum over classes y of p(y) (g_y - mu)^T cov(f)^+ (g_y - mu), with g_y the class mean (`whiten`:
+    whitening(x), when the caller has it)."""
+    xc = x - x.mean(0)
+    whiten = whitening(x) if whiten is None else whiten
     ids, counts = np.unique(classes, return_inverse=True, return_counts=True)[1:]
     sums = np.zeros((len(counts), x.shape[1]))
     np.add.at(sums, ids, xc)
@@ -194,11 +201,12 @@ def parc(rdm_features: np.ndarray, rdm_labels: np.ndarray) -> float:
 
 
 def ridge(x_fit: np.ndarray, y_fit: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-          penalty: float = RIDGE_PENALTY) -> float:
-    """1 - squared validation error of the ridge probe (intercept unpenalised) over that of the fit mean."""
+          penalty: float = RIDGE_PENALTY, gram: tuple[np.ndarray, np.ndarray] | None = None) -> float:
+    """1 - squared validation error of the ridge probe (intercept unpenalised) over that of the fit mean (`gram`:
+    the eigendecomposition of the centred x_fit^T x_fit, when the caller has it)."""
     mx, my = x_fit.mean(0), y_fit.mean(0)
     xc = x_fit - mx
-    w, v = np.linalg.eigh(xc.T @ xc)
+    w, v = gram or np.linalg.eigh(xc.T @ xc)
     coef = v @ ((v.T @ (xc.T @ (y_fit - my))) / (w + penalty)[:, None])  # (d, m)
     error = ((y_val - my - (x_val - mx) @ coef) ** 2).sum()
     base = ((y_val - my) ** 2).sum()
@@ -341,7 +349,9 @@ class _Scorer:
                 self.cache[("svd", key)] = svd_of(x)
             value = logme(x, y, svd=self.cache[("svd", key)])
         elif estimator == "hscore":
-            value = hscore(x, classes)
+            if ("whiten", key) not in self.cache:
+                self.cache[("whiten", key)] = whitening(x)
+            value = hscore(x, classes, self.cache[("whiten", key)])
         elif estimator == "rsa":
             value = float(np.mean(self._rdm("rsa", key, x) * self._rdm("rsa", own, self.features.x[own]))) \
                 if own is not None else math.nan
@@ -349,7 +359,11 @@ class _Scorer:
             value = float(np.mean(self._rdm("parc", key, x) * self._rdm("parc", ("labels of", target), y)))
         else:
             fit = ~self.held
-            value = ridge(x[fit], y[fit], x[self.held], y[self.held]) if self.held.any() else math.nan
+            if self.held.any() and ("gram", key) not in self.cache:
+                xc = x[fit] - x[fit].mean(0)
+                self.cache[("gram", key)] = np.linalg.eigh(xc.T @ xc)
+            value = ridge(x[fit], y[fit], x[self.held], y[self.held], gram=self.cache[("gram", key)]) \
+                if self.held.any() else math.nan
         self.seconds[estimator] += time.perf_counter() - start
         return value
 

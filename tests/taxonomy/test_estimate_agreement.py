@@ -96,3 +96,11 @@ def test_the_report_shows_the_estimators(faults_run, tmp_path):
     page = build_report(run_dir).read_text()
     assert "Transferability estimators" in page and "estimate_agreement.png" in page
     assert (RunFolder(run_dir).report / "estimate_agreement.png").is_file()
+
+
+def test_an_estimator_that_scored_nothing_has_no_agreement_and_no_taxonomy(tmp_path):
+    scores = _scores(3)
+    run = _folder(tmp_path, {"ridge": np.full_like(scores, np.nan), "logme": scores}, _as_affinity(scores))
+    results, _ = run_agreement(run.path, ["ridge", "logme"])
+    assert results[0].ahp == [] and results[0].budgets == [] and results[0].summary()["mean_spearman"] is None
+    assert results[1].summary()["mean_spearman"] == pytest.approx(1.0)
