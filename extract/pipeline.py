@@ -52,8 +52,7 @@ def source_names(config: Config, data_tasks: list[str]) -> list[str]:
 
 
 def _model_hash(config: Config, data_hash: str, task: str) -> str:
-    train = config.train.model_dump(mode="json", exclude={"tasks", "device"})
-    return content_hash(STAGE1_VERSION, data_hash, train, config.seed, task)
+    return content_hash(STAGE1_VERSION, data_hash, config.train.stamp(task), config.seed, task)
 
 
 def _task_seed(seed: int, task: str) -> int:
@@ -92,8 +91,8 @@ def train_all(config: Config, run_dir: Path, force: bool = False, progress: bool
         if progress and workers > 1:
             tqdm.write(f"  {task}: {result.seconds:.0f} s, ratio to baseline {row['ratio']:.3f}")
 
-    run_jobs(train, todo, workers, cost=lambda item: network_cost(item[0]), done=save,
-             desc="stage I networks" if progress else None)
+    run_jobs(train, todo, workers, cost=lambda item: network_cost(item[0]) * config.train.epochs_for(item[0]),
+             done=save, desc="stage I networks" if progress else None)
     _write_quality(RunFolder(run_dir).stage1_quality, list(rows.values()))
     return list(rows.values())
 
@@ -177,7 +176,8 @@ def build_sources(config: Config, run_dir: Path, names: list[str], size: int, de
         if name == "random":  # the same architecture, untrained, from a fixed seed
             torch.manual_seed(_task_seed(config.seed, "random"))
             encoder = build_network(any_rgb_task, config.train, size).encoder
-            stamp = content_hash("random", STAGE1_VERSION, config.train.model_dump(mode="json"), config.seed)
+            settings = config.train.model_dump(mode="json", exclude={"task_epochs"})  # never trained: no epochs
+            stamp = content_hash("random", STAGE1_VERSION, settings, config.seed)
             sources.append(_torch_source(name, stamp, encoder, device, size))
         elif name == "pixels":
             hw = sources[0].shape[1:] if sources else (size // 8, size // 8)

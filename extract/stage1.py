@@ -186,17 +186,18 @@ def train_task(task_name: Task | str, data_group: zarr.Group, train_cfg: TrainCo
     x, y, x_val, y_val = x.to(device), y.to(device), x_val.to(device), y_val.to(device)
     x_b, xb_val = (t.to(device) if t is not None else None for t in (x_b, xb_val))
     loss_fn = get_loss(task.loss)
+    epochs = train_cfg.epochs_for(task.name)
     start = time.perf_counter()
     with deterministic(device):
         with seeded(seed):  # the default initialisation draws from torch's global generator
             network = build_network(task, train_cfg, x.shape[-1]).to(device).train()
         optimizer = torch.optim.AdamW(network.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay,
                                       fused=True)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine_with_warmup(train_cfg.epochs * steps))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine_with_warmup(epochs * steps))
         order = torch.Generator().manual_seed(seed)  # CPU generator: the same shuffles on any device
         epoch_losses, validation_losses, best = [], [], (math.inf, 0, None)
-        bar = tqdm(total=train_cfg.epochs * n, desc=f"train {task.name}", unit="img", disable=not progress)
-        for epoch in range(1, train_cfg.epochs + 1):
+        bar = tqdm(total=epochs * n, desc=f"train {task.name}", unit="img", disable=not progress)
+        for epoch in range(1, epochs + 1):
             total = 0.0
             for idx in torch.randperm(n, generator=order).split(batch):
                 idx = idx.to(device)
@@ -225,7 +226,7 @@ def train_task(task_name: Task | str, data_group: zarr.Group, train_cfg: TrainCo
     network.load_state_dict(state)
     network = network.cpu().eval()
     return TrainResult(task.name, state, scaler.as_dict(), epoch_losses, validation_losses, best[1], seconds,
-                       train_cfg.epochs * n / max(seconds, 1e-9), n, seed, network)
+                       epochs * n / max(seconds, 1e-9), n, seed, network)
 
 
 def restore_network(task_name: Task | str, train_cfg: TrainConfig, image_size: int,

@@ -119,11 +119,34 @@ class TrainConfig(_Strict):
     validation: float = Field(0.1, ge=0, lt=1, description="fraction of train scenes held out for early stopping")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tasks: list[str] | Literal["all"] = Field("all", description="source tasks to train; 'all' = every data task")
+    task_epochs: dict[str, int] = Field(default_factory=dict,
+                                        description="epochs for the named tasks instead of `epochs` (stage I and "
+                                                    "scratch networks), e.g. global heads, which cost a third of a "
+                                                    "dense network per epoch")
 
     @field_validator("tasks")
     @classmethod
     def _known_tasks(cls, value: list[str] | str) -> list[str] | str:
         return _registered(value, "task")
+
+    @field_validator("task_epochs")
+    @classmethod
+    def _known_task_epochs(cls, value: dict[str, int]) -> dict[str, int]:
+        names = _distinct(list(value), "task", lambda name: registry.get(registry.validate_name(name)).name)
+        for name, epochs in value.items():
+            if not 1 <= epochs <= 1000:
+                raise ValueError(f"{name}: expected 1 to 1000 epochs, got {epochs}")
+        return dict(zip(names, value.values()))
+
+    def epochs_for(self, task: str) -> int:
+        """The epochs `task`'s network trains for: its `task_epochs` entry, else `epochs`."""
+        return self.task_epochs.get(task, self.epochs)
+
+    def stamp(self, task: str) -> dict[str, Any]:
+        """What defines `task`'s network, for its checkpoint's hash: every setting but the task list and the
+        device, with `task_epochs` resolved, so an override of one task leaves every other network's hash alone."""
+        dump = self.model_dump(mode="json", exclude={"tasks", "device", "task_epochs"})
+        return {**dump, "epochs": self.epochs_for(task)}
 
 
 EncoderKind = Literal["visualpriors", "export", "torchscript", "timm", "torchvision"]

@@ -192,8 +192,7 @@ def _scratch_rows(targets: list[_Target], data: zarr.Group, config: Config, devi
 
     if not config.transfer.scratch:
         return {}
-    stamp = {t.name: content_hash(t.base, "scratch", config.train.model_dump(mode="json", exclude={"tasks", "device"}))
-             for t in targets}
+    stamp = {t.name: content_hash(t.base, "scratch", config.train.stamp(t.name)) for t in targets}
     todo = []
     for target in targets:
         if target.kept.get("scratch", ("",))[0] == stamp[target.name]:
@@ -211,7 +210,7 @@ def _scratch_rows(targets: list[_Target], data: zarr.Group, config: Config, devi
     def keep(i: int, losses: np.ndarray) -> None:
         todo[i].rows["scratch"] = (stamp[todo[i].name], 0, losses)
 
-    run_jobs(train, todo, workers, cost=lambda t: network_cost(t.job.task), done=keep,
+    run_jobs(train, todo, workers, cost=lambda t: network_cost(t.job.task) * config.train.epochs_for(t.name), done=keep,
              desc="scratch networks" if progress else None)
     return {t.name: 1 for t in todo}
 

@@ -97,6 +97,8 @@ def test_every_key_belongs_to_a_stage_or_changes_nothing_stored():
     ("data: [1, 2\n", r"not valid YAML at line"),
     ("- a\n- b\n", r"expected a mapping"),
     ("name: ../escape\n", r"name: expected 1-64 letters"),
+    ("train:\n  task_epochs: {warp_drive: 3}\n", r"train\.task_epochs: unknown task 'warp_drive'"),
+    ("train:\n  task_epochs: {normal: 0}\n", r"train\.task_epochs: normal: expected 1 to 1000 epochs, got 0"),
 ])
 def test_bad_configs_are_one_line_errors_naming_the_key(tmp_path, text, expected):
     path = tmp_path / "bad.yaml"
@@ -104,3 +106,16 @@ def test_bad_configs_are_one_line_errors_naming_the_key(tmp_path, text, expected
     with pytest.raises(TaskonomyError, match=expected) as info:
         load_config(path)
     assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_task_epochs_change_only_their_own_networks_stamp():
+    from taskonomy.extract.pipeline import _model_hash
+
+    plain = load_config()
+    longer = load_config(None, None, ["train.task_epochs={class_scene: 40, reshade: 3}"])
+    assert longer.train.task_epochs == {"class_scene": 40, "reshading": 3}  # aliases resolved
+    assert longer.train.epochs_for("class_scene") == 40 and longer.train.epochs_for("normal") == plain.train.epochs
+    assert _model_hash(longer, "data", "normal") == _model_hash(plain, "data", "normal")
+    assert _model_hash(longer, "data", "class_scene") != _model_hash(plain, "data", "class_scene")
+    same = load_config(None, None, [f"train.task_epochs={{normal: {plain.train.epochs}}}"])
+    assert _model_hash(same, "data", "normal") == _model_hash(plain, "data", "normal")
