@@ -30,7 +30,6 @@ z-scored features (X^T X + 10 I). `full` is each estimator's score of the target
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -48,85 +47,27 @@ from taskonomy.runfolder import RunFolder, write_csv, write_json
 from taskonomy.runtime import numba_cache_dir
 from taskonomy.tasks import Task
 
-__all__ = ["ESTIMATORS", "Estimates", "EstimateTable", "Features", "compute_estimates", "hscore", "kmeans",
-           "label_matrix", "logme", "one_thread", "parc", "parse_estimators", "pool_features", "rdm_upper",
-           "read_estimates", "ridge", "rsa", "run_estimate", "standardise", "svd_of", "whitening"]
+# before the module with cache=True kernels is imported: a read-only install caches them in the user's folder
+numba_cache_dir(Path(__file__).parent)
+
+from taskonomy.transfer._estimate_kernels import (CLIP_SIGMA, FEATURE_GRID, LABEL_GRID, RIDGE_PENALTY,  # noqa: E402
+                                                  hscore, kmeans, label_matrix, parc, pool_features, rdm_upper, ridge,
+                                                  rsa, standardise, svd_of, whitening, zscore)
+
+__all__ = ["CLIP_SIGMA", "ESTIMATORS", "FEATURE_GRID", "LABEL_GRID", "RIDGE_PENALTY", "Estimates", "EstimateTable",
+           "Features", "compute_estimates", "hscore", "kmeans", "label_matrix", "logme", "one_thread", "parc",
+           "parse_estimators", "pool_features", "rdm_upper", "read_estimates", "read_features", "read_target", "ridge",
+           "rsa", "run_estimate", "standardise", "svd_of", "whitening", "write_estimates"]
 
 ESTIMATORS = ("logme", "hscore", "rsa", "parc", "ridge")
-LABEL_BASED = ("logme", "hscore", "parc", "ridge")  # need the target's labels only; rsa needs its features
-FEATURE_GRID = 2  # features average-pooled to 2 x 2 cells
-LABEL_GRID = 4  # dense labels average-pooled to 4 x 4 cells
-CLIP_SIGMA = 5.0  # as stage II's readouts (transfer.train.CLIP_SIGMA)
 H_CLUSTERS = 8  # k-means clusters of a label that is not a class, for H-score
 RDM_IMAGES = 1000  # images of an RDM at most (evenly spaced over the transfer split)
-RIDGE_PENALTY = 10.0
 LABEL_SLICE = 512  # images of labels read at once
 LOGME_TOL, LOGME_MAX_ITER = 1e-6, 1000  # relative change of alpha / beta, or of the evidence per image
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# kernels: arrays in, numbers out
-
-
-def pool_features(block: np.ndarray, grid: int = FEATURE_GRID) -> np.ndarray:
-    """(n, C, h, w) features -> (n, C * grid * grid) float64, adaptive average pooling."""
-    import torch
-    import torch.nn.functional as F
-
-    x = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
-    return F.adaptive_avg_pool2d(x, grid).flatten(1).double().numpy()
-
-
-def standardise(x: np.ndarray, clip: float | None = CLIP_SIGMA) -> np.ndarray:
-    """Columns z-scored (a constant column becomes 0), clipped at +-clip sigma."""
-    std = x.std(0)
-    z = (x - x.mean(0)) / np.where(std > 1e-8, std, 1.0)
-    return np.clip(z, -clip, clip) if clip else z
-
-
-def label_matrix(task: Task, labels: np.ndarray, grid: int = LABEL_GRID) -> np.ndarray:
-    """One image's label as a row of numbers (n, m): dense maps pooled to grid x grid (class maps as class shares
-    per cell), class indices one-hot, vectors as stored."""
-    import torch
-    import torch.nn.functional as F
-
-    y = np.asarray(labels)
-    classes = (task.num_classes or int(y.max()) + 1) if y.dtype.kind in "iu" else 0
-    if y.dtype.kind in "iu" and y.ndim == 3:  # (n, H, W) class per pixel -> (n, K, H, W) indicator maps
-        y = np.moveaxis(np.eye(classes, dtype=np.float32)[y], -1, 1)
-    elif y.dtype.kind in "iu" and y.ndim == 1:
-        return np.eye(classes)[y]
-    if y.ndim == 4:
-        return F.adaptive_avg_pool2d(torch.from_numpy(y.astype(np.float32)), grid).flatten(1).double().numpy()
-    return y.reshape(len(y), -1).astype(np.float64)
-
-
-def kmeans(y: np.ndarray, k: int, seed: int = 0, iterations: int = 50) -> np.ndarray:
-    """Cluster ids (n,) of Lloyd's k-means with k-means++ seeding (deterministic for a seed)."""
-    rng = np.random.default_rng(seed)
-    k = min(k, len(y))
-    centres = [y[rng.integers(len(y))]]
-    for _ in range(1, k):
-        d2 = np.min([((y - c) ** 2).sum(1) for c in centres], axis=0)
-        if d2.sum() <= 0:
-            break
-        centres.append(y[rng.choice(len(y), p=d2 / d2.sum())])
-    c = np.array(centres)
-    ids = np.zeros(len(y), np.int64)
-    for _ in range(iterations):
-        ids_new = (((y[:, None, :] - c[None]) ** 2).sum(2)).argmin(1)
-        if _ and np.array_equal(ids_new, ids):
-            break
-        ids = ids_new
-        c = np.array([y[ids == j].mean(0) if np.any(ids == j) else c[j] for j in range(len(c))])
-    return ids
-
-
-def svd_of(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """(U (n, k), S^2 (k,), d) of features x (n, d), the k singular values above 1e-10 of the largest."""
-    u, s, _ = np.linalg.svd(x, full_matrices=False)
-    keep = s > s.max(initial=0.0) * 1e-10
-    return u[:, keep], s[keep] ** 2, x.shape[1]
+# the one dispatch point of the Numba kernel
 
 
 def logme(x: np.ndarray, y: np.ndarray, backend: str = "numba",
@@ -144,73 +85,11 @@ def logme(x: np.ndarray, y: np.ndarray, backend: str = "numba",
         values = [fixed_point.py_func(s2, z[:, j].copy(), outside[j], n, dim, LOGME_TOL, LOGME_MAX_ITER)[0]
                   for j in range(z.shape[1])]
     else:
-        numba_cache_dir(Path(__file__).parent)
         from taskonomy.transfer._estimate_kernels import logme_columns
 
         values = logme_columns(s2, np.ascontiguousarray(z), outside, float(n), float(dim), LOGME_TOL,
                                LOGME_MAX_ITER)
     return float(np.mean(values))
-
-
-def whitening(x: np.ndarray) -> np.ndarray:
-    """(d, k) W with W W^T = cov(x)^+ (the k eigenvalues above 1e-10 of the largest)."""
-    xc = x - x.mean(0)
-    w, v = np.linalg.eigh(xc.T @ xc / len(x))
-    keep = w > w.max(initial=0.0) * 1e-10
-    return v[:, keep] / np.sqrt(w[keep])
-
-
-def hscore(x: np.ndarray, classes: np.ndarray, whiten: np.ndarray | None = None) -> float:
-    """H-score: sum over classes y of p(y) (g_y - mu)^T cov(f)^+ (g_y - mu), with g_y the class mean (`whiten`:
-    whitening(x), when the caller has it)."""
-    xc = x - x.mean(0)
-    whiten = whitening(x) if whiten is None else whiten
-    ids, counts = np.unique(classes, return_inverse=True, return_counts=True)[1:]
-    sums = np.zeros((len(counts), x.shape[1]))
-    np.add.at(sums, ids, xc)
-    means = sums / counts[:, None]  # (classes, d), centred
-    return float((counts / len(x) * ((means @ whiten) ** 2).sum(1)).sum())
-
-
-def rdm_upper(x: np.ndarray) -> np.ndarray:
-    """The upper triangle (k > 0) of the RDM of the rows of x: 1 - Pearson correlation between images."""
-    import torch
-
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
-    t = t - t.mean(1, keepdim=True)
-    t = t / t.norm(dim=1, keepdim=True).clamp_min(1e-12)  # a constant row correlates 0 with everything
-    i, j = torch.triu_indices(len(t), len(t), 1)
-    return (1.0 - (t @ t.T))[i, j].numpy()
-
-
-def _zscore(v: np.ndarray) -> np.ndarray:
-    std = v.std()
-    return (v - v.mean()) / std if std > 0 else np.zeros_like(v)
-
-
-def rsa(rdm_a: np.ndarray, rdm_b: np.ndarray) -> float:
-    """Spearman correlation of two RDMs' upper triangles (ties at their mean rank)."""
-    from scipy.stats import rankdata
-
-    return float(np.mean(_zscore(rankdata(rdm_a)) * _zscore(rankdata(rdm_b))))
-
-
-def parc(rdm_features: np.ndarray, rdm_labels: np.ndarray) -> float:
-    """Pearson correlation of the feature RDM's and the label RDM's upper triangles."""
-    return float(np.mean(_zscore(rdm_features) * _zscore(rdm_labels)))
-
-
-def ridge(x_fit: np.ndarray, y_fit: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-          penalty: float = RIDGE_PENALTY, gram: tuple[np.ndarray, np.ndarray] | None = None) -> float:
-    """1 - squared validation error of the ridge probe (intercept unpenalised) over that of the fit mean (`gram`:
-    the eigendecomposition of the centred x_fit^T x_fit, when the caller has it)."""
-    mx, my = x_fit.mean(0), y_fit.mean(0)
-    xc = x_fit - mx
-    w, v = gram or np.linalg.eigh(xc.T @ xc)
-    coef = v @ ((v.T @ (xc.T @ (y_fit - my))) / (w + penalty)[:, None])  # (d, m)
-    error = ((y_val - my - (x_val - mx) @ coef) ** 2).sum()
-    base = ((y_val - my) ** 2).sum()
-    return float(1.0 - error / base) if base > 0 else math.nan
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -336,7 +215,7 @@ class _Scorer:
             from scipy.stats import rankdata
 
             d = rdm_upper(x[self.subset])
-            self.cache[(kind, key)] = _zscore(rankdata(d) if kind == "rsa" else d)
+            self.cache[(kind, key)] = zscore(rankdata(d) if kind == "rsa" else d)
         return self.cache[(kind, key)]
 
     def score(self, estimator: str, key: tuple, own: tuple | None, target: str, y: np.ndarray,
@@ -510,10 +389,3 @@ def run_estimate(config: Config, run_dir: str | Path, estimators: Sequence[str] 
     estimates = compute_estimates(config, run_dir, estimators, say)
     return estimates, write_estimates(run_dir, estimates)
 
-
-def timings_of(run_dir: str | Path) -> dict:
-    """estimates/timings.json ({} when missing)."""
-    try:
-        return json.loads(RunFolder(run_dir).estimate_timings.read_text())
-    except (OSError, ValueError):
-        return {}
