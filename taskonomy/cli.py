@@ -36,7 +36,7 @@ OUTPUTS = {"data": ("data",), "train": ("models",), "extract": ("features",), "t
            "ahp": ("affinity", "ahp_stamp")}  # each stage's stored output (names of runfolder.FILES)
 CREATES = ("data", "run", "published")  # the commands that may make a run folder; the others refuse a missing one
 # the commands that make or change a run's own results: refused on a folder of the release's published numbers
-OWN_RESULTS = ("data", "train", "extract", "transfer", "add-target", "add-source", "ahp", "run")
+OWN_RESULTS = ("data", "train", "extract", "transfer", "add-target", "add-source", "ahp", "run", "estimate")
 
 
 @dataclass

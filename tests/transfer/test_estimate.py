@@ -15,6 +15,7 @@ from scipy.spatial.distance import pdist
 
 from _faults import cli, copy_run, one_line
 from taskonomy import tasks as registry
+from taskonomy.cli import main
 from taskonomy.runfolder import RunFolder
 from taskonomy.transfer.estimate import (ESTIMATORS, hscore, kmeans, label_matrix, logme, parc, parse_estimators,
                                          pool_features, rdm_upper, read_estimates, ridge, rsa, standardise)
@@ -208,6 +209,11 @@ def test_estimate_refuses_bad_input_in_one_line(faults_run, tmp_path, capsys):
     assert cli(config, run_dir, "estimate") == 2
     assert "features.zarr does not exist" in one_line(capsys)
     assert not RunFolder(run_dir).estimates.exists() and not RunFolder(run_dir).estimate_agreement_csv.exists()
+    published = tmp_path / "published"
+    assert main(["-q", "--run-dir", str(published), "published"]) == 0
+    capsys.readouterr()
+    assert main(["-q", "--run-dir", str(published), "estimate"]) == 2
+    assert "holds the published Taskonomy results" in one_line(capsys)
 
 
 def test_a_pair_target_reads_both_views_chunk_by_chunk(tmp_path):
