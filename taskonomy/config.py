@@ -42,15 +42,15 @@ class _Strict(BaseModel):
 class SplitConfig(_Strict):
     """Splits are made by scene, so no room appears in two splits (as Taskonomy splits by building)."""
 
-    test: float = Field(0.25, gt=0, lt=1, description="fraction of scenes held out for testing transfers")
-    transfer: float = Field(0.25, gt=0, le=1, description="fraction of the train scenes the readouts see")
+    test: float = Field(0.125, gt=0, lt=1, description="fraction of scenes held out for testing transfers")
+    transfer: float = Field(0.125, gt=0, le=1, description="fraction of the train scenes the readouts see")
 
 
 class DataConfig(_Strict):
     """The generated data set."""
 
     image_size: int = Field(32, ge=16, le=512)
-    n_scenes: int = Field(500, ge=4)
+    n_scenes: int = Field(1000, ge=4)
     views_per_scene: int = Field(4, ge=1, le=1000)
     min_objects: int = Field(3, ge=1, le=24, description="fewest pieces of furniture in a room")
     max_objects: int = Field(10, ge=1, le=24, description="most pieces of furniture in a room (each 1..5 primitives)")
@@ -112,7 +112,7 @@ class TrainConfig(_Strict):
     width: int = Field(16, ge=4, le=512, description="channels of the encoder's first stage (doubling per stage)")
     blocks: int = Field(1, ge=1, le=8, description="residual blocks per encoder stage")
     feature_channels: int = Field(16, ge=1, le=512, description="channels of the representation")
-    epochs: int = Field(15, ge=1, le=1000)
+    epochs: int = Field(8, ge=1, le=1000)
     batch: int = Field(32, ge=1, le=4096)
     lr: float = Field(2e-3, gt=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0, lt=1)
