@@ -739,7 +739,7 @@ def estimate(ctx: Context, estimators: str | None, max_budget: int) -> None:
             _say(ctx, f"estimate: {e.estimator:<7} vs AHP: mean Spearman {shown['mean_spearman']}, Kendall "
                       f"{shown['mean_kendall']}, same top-1 {shown['top1_agreement']}; vs published "
                       f"{shown['published_mean_spearman']}; same supervised set at {s['budgets_same_set']} of "
-                      f"{len(e.budgets)} budgets")
+                      f"{len(e.budgets)} budgets ({s['budgets_same_set_tournament']} on tournament-normalised rows)")
     else:
         _say(ctx, f"estimate: no {FILES['affinity']} in {run_dir}: agreement with AHP not measured")
     _say(ctx, f"estimate: -> {', '.join(str(p) for p in paths)} ({time.perf_counter() - start:.1f} s)")

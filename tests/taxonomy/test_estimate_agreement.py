@@ -13,7 +13,7 @@ from _faults import cli, copy_run
 from taskonomy.artifacts import write_affinity
 from taskonomy.report import build_report
 from taskonomy.runfolder import RunFolder, write_csv
-from taskonomy.taxonomy.estimate_agreement import measure, normalise, run_agreement
+from taskonomy.taxonomy.estimate_agreement import measure, normalise, run_agreement, tournament
 
 TASKS = ["depth_zbuffer", "normal", "reshading", "edge_texture", "class_scene"]
 SOURCES = [*TASKS, "random", "pixels"]
@@ -24,6 +24,9 @@ def test_normalise_keeps_the_order_and_sums_to_one():
     assert list(row) == ["full", "a", "b", "c"] and sum(row.values()) == pytest.approx(1.0)
     assert row["a"] == 0.0 and row["full"] > row["b"] > row["c"] > row["a"]
     assert normalise({"a": 3.0, "b": 3.0}) == {"a": 0.5, "b": 0.5}
+    ranked = tournament({"full": -0.5, "a": -2.0, "b": -1.0, "c": -1.5})
+    assert list(ranked) == ["full", "a", "b", "c"] and sum(ranked.values()) == pytest.approx(1.0)
+    assert ranked["full"] > ranked["b"] > ranked["c"] > ranked["a"] > 0
 
 
 def _scores(seed: int) -> np.ndarray:
@@ -64,6 +67,7 @@ def test_an_estimator_that_ranks_as_ahp_agrees_everywhere_and_its_reverse_nowher
     # an affine map of the scores normalises to AHP's own rows: the BIP chooses the same taxonomy at every budget
     assert [b.budget for b in same.budgets] == [1, 2, 3, 4]
     assert all(b.same_set and b.same_transfer == 1.0 and b.jaccard == 1.0 for b in same.budgets)
+    assert [b.budget for b in same.budgets_tournament] == [1, 2, 3, 4]
     assert all(r.spearman == pytest.approx(-1.0) and not r.top1_agree for r in reverse.ahp)
     assert all(r.sources == len(SOURCES) - 1 for r in same.ahp)
     # the run shares these tasks with the published results: each target is compared with them too
