@@ -334,7 +334,8 @@ def _estimates_section(run: RunFolder, out: Path) -> str:
 
     rows = [[e["estimator"], num(doc["seconds"].get(e["estimator"]), 2), num(e["mean_spearman"]),
              num(e["mean_kendall"]), num(e["top1_agreement"], 2), num(e["mean_top3_overlap"], 2),
-             num(e["published_mean_spearman"]), f"{e['budgets_same_set']} of {len(e['budgets'])}",
+             num(e["published_mean_spearman"]), f"{e['budgets_same_set']} of {len(e['budgets'])} "
+             f"({e.get('budgets_same_set_tournament', '-')} tournament)",
              " ".join(num(b["same_transfer"], 2) for b in e["budgets"])] for e in doc["estimators"]]
     return (f"<p>Readout-free transferability estimators on the feature cache's transfer split "
             f"(<code>taskonomy estimate</code>; scores in {_e(run.estimates.name)}/, higher = better), each against "
@@ -342,8 +343,9 @@ def _estimates_section(run: RunFolder, out: Path) -> str:
             f"is the same, the mean share of the top three; Spearman against the published set "
             f"({_e(doc['published'])}; AHP itself: {num(doc['ahp_vs_published_mean_spearman'])}); and the BIP at "
             f"budgets 1..{_e(doc['budgets'])}, max order 1, on the estimator's scores normalised per target against "
-            f"the BIP on AHP's: at how many budgets the supervised set is the same, and per budget the share of "
-            f"targets given the same transfer.</p>"
+            f"the BIP on AHP's: at how many budgets the supervised set is the same (also with rows normalised by AHP "
+            f"run on the estimator's ranking, a one-image tournament), and per budget the share of targets given the "
+            f"same transfer.</p>"
             + _table(["estimator", "seconds", "Spearman", "Kendall", "same top-1", "top-3 overlap",
                       "Spearman vs published", "same supervised set", "same transfer per budget"], rows)
             + _figure(out, run.estimate_agreement_figure, run.estimate_agreement_figure.name,
