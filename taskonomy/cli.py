@@ -715,24 +715,26 @@ def science(ctx: Context, budgets: str) -> None:
 def estimate(ctx: Context, estimators: str | None, max_budget: int) -> None:
     """Readout-free transferability estimators on the feature cache (transfer split only): estimates/<name>.csv,
     targets x sources, higher = better; where the run has affinity.csv, their agreement with AHP."""
-    from taskonomy.transfer.estimate import parse_estimators, run_estimate
+    from taskonomy.transfer.estimate import compute_estimates, parse_estimators, write_estimates
 
     names = parse_estimators(estimators)  # refused before anything is read or written
     run_dir = ctx.prepare_run_dir()
     start = time.perf_counter()
-    estimates, paths = run_estimate(ctx.config, run_dir, names, say=lambda m: _say(ctx, m))
+    estimates = compute_estimates(ctx.config, run_dir, names, say=lambda m: _say(ctx, m))
     timings = estimates.timings()
+    outputs = None
+    if (run_dir / FILES["affinity"]).is_file():  # measured before anything is written: a bad affinity.csv changes
+        from taskonomy.taxonomy.estimate_agreement import prepare_agreement, write_agreement  # nothing
+
+        outputs = prepare_agreement(run_dir, [estimates.table(e) for e in names], timings, max_budget)
+    paths = write_estimates(run_dir, estimates) + (write_agreement(run_dir, outputs) if outputs else [])
     for note in estimates.notes:
         click.echo(f"estimate: note: {note}", err=True)
     _say(ctx, f"estimate: read {timings['feature_arrays']} feature arrays x {timings['images']} transfer images in "
               f"{timings['read_seconds']:.2f} s ({timings['features_per_second']:.0f} features/s); " + ", ".join(
                   f"{e} {s:.2f} s" for e, s in timings["estimators"].items()))
-    if (run_dir / FILES["affinity"]).is_file():
-        from taskonomy.taxonomy.estimate_agreement import run_agreement
-
-        results, more = run_agreement(run_dir, names, timings, max_budget)
-        paths += more
-        for e in results:
+    if outputs:
+        for e in outputs.results:
             s = e.summary()
             shown = {k: "-" if s[k] is None else f"{s[k]:.3f}" for k in
                      ("mean_spearman", "mean_kendall", "top1_agreement", "published_mean_spearman")}

@@ -33,8 +33,8 @@ from taskonomy import tasks as registry
 from taskonomy.runfolder import RunFolder, save_figure, write_csv, write_json
 from taskonomy.taxonomy.compare import Agreement, Side, agreement, open_side
 
-__all__ = ["BudgetMatch", "EstimatorAgreement", "estimator_side", "measure", "normalise", "run_agreement",
-           "taxonomy_at", "tournament"]
+__all__ = ["AgreementOutputs", "BudgetMatch", "EstimatorAgreement", "estimator_side", "measure", "normalise",
+           "prepare_agreement", "run_agreement", "taxonomy_at", "tournament", "write_agreement"]
 
 PUBLISHED = "published:16k"
 BUDGETS = 5
@@ -160,17 +160,18 @@ def _budget_matches(ahp: Side, estimator: Side, budgets: int) -> list[BudgetMatc
     return out
 
 
-def measure(run_dir: str | Path, estimators: Sequence[str], budgets: int = BUDGETS,
+def measure(run_dir: str | Path, estimators: Sequence[Any], budgets: int = BUDGETS,
             published: bool = True) -> list[EstimatorAgreement]:
-    """Every estimator's agreement with the run's affinity.csv (and the published 16k set)."""
+    """Every estimator's agreement with the run's affinity.csv (and the published 16k set); an estimator is a name
+    (its table is read from estimates/) or a transfer.estimate.EstimateTable."""
     from taskonomy.transfer.estimate import read_estimates
 
     ahp = open_side(str(run_dir))
     reference = open_side(PUBLISHED) if published else None
     out = []
-    for name in estimators:
-        table = read_estimates(run_dir, name)
-        side = estimator_side(table)
+    for table in estimators:
+        table = read_estimates(run_dir, table) if isinstance(table, str) else table
+        name, side = table.estimator, estimator_side(table)
         start = time.perf_counter()
         matches = _budget_matches(ahp, side, budgets)
         seconds = time.perf_counter() - start
@@ -207,10 +208,19 @@ def figure(results: Sequence[EstimatorAgreement]):
     return fig
 
 
-def run_agreement(run_dir: str | Path, estimators: Sequence[str], timings: Mapping[str, Any] | None = None,
-                  budgets: int = BUDGETS) -> tuple[list[EstimatorAgreement], list[Path]]:
-    """measure(), then estimate_agreement.csv (per estimator, reference and target), .json (summaries and the
-    taxonomies per budget) and .png (the heatmap)."""
+@dataclass
+class AgreementOutputs:
+    """What run_agreement writes, computed and not yet written."""
+
+    results: list[EstimatorAgreement]
+    rows: list[list[Any]]
+    doc: dict[str, Any]
+    figure: Any
+
+
+def prepare_agreement(run_dir: str | Path, estimators: Sequence[Any], timings: Mapping[str, Any] | None = None,
+                      budgets: int = BUDGETS) -> AgreementOutputs:
+    """measure(), with the rows of estimate_agreement.csv, the JSON document and the heatmap; nothing written."""
     run = RunFolder(run_dir)
     if not run.affinity.is_file():
         raise TaskonomyError(f"{run.affinity} does not exist: the agreement needs the AHP affinities "
@@ -228,6 +238,20 @@ def run_agreement(run_dir: str | Path, estimators: Sequence[str], timings: Mappi
            "normalisation": "per target: min-max over the row (full included), divided by the row's sum",
            "normalisation_tournament": "per target: AHP of a one-image tournament on the scores (added after the "
                                        "first measurement, reported beside it)"}
-    return results, [write_csv(run.estimate_agreement_csv, COLUMNS, rows, digits=6),
-                     write_json(run.estimate_agreement_json, doc),
-                     save_figure(run.estimate_agreement_figure, figure(results))]
+    return AgreementOutputs(results, rows, doc, figure(results))
+
+
+def write_agreement(run_dir: str | Path, outputs: AgreementOutputs) -> list[Path]:
+    """estimate_agreement.csv (per estimator, reference and target), .json (summaries and the taxonomies per
+    budget) and .png (the heatmap)."""
+    run = RunFolder(run_dir)
+    return [write_csv(run.estimate_agreement_csv, COLUMNS, outputs.rows, digits=6),
+            write_json(run.estimate_agreement_json, outputs.doc),
+            save_figure(run.estimate_agreement_figure, outputs.figure)]
+
+
+def run_agreement(run_dir: str | Path, estimators: Sequence[Any], timings: Mapping[str, Any] | None = None,
+                  budgets: int = BUDGETS) -> tuple[list[EstimatorAgreement], list[Path]]:
+    """prepare_agreement, then write_agreement."""
+    outputs = prepare_agreement(run_dir, estimators, timings, budgets)
+    return outputs.results, write_agreement(run_dir, outputs)

@@ -187,6 +187,10 @@ class Estimates:
         values = self.scores[estimator][self.targets.index(target)]
         return {c: float(v) for c, v in zip(self.columns, values) if not math.isnan(v)}
 
+    def table(self, estimator: str) -> EstimateTable:
+        """One estimator's scores as write_estimates writes them (and read_estimates reads them back)."""
+        return EstimateTable(estimator, list(self.targets), self.columns, self.scores[estimator].copy())
+
     def timings(self) -> dict:
         read = self.features.seconds
         pairs = self.features.images * self.features.arrays

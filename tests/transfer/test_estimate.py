@@ -209,6 +209,11 @@ def test_estimate_refuses_bad_input_in_one_line(faults_run, tmp_path, capsys):
     assert cli(config, run_dir, "estimate") == 2
     assert "features.zarr does not exist" in one_line(capsys)
     assert not RunFolder(run_dir).estimates.exists() and not RunFolder(run_dir).estimate_agreement_csv.exists()
+    damaged = copy_run(reference, tmp_path / "damaged")
+    RunFolder(damaged).affinity.write_text("target,normal\nnormal,x\n")
+    capsys.readouterr()
+    assert cli(config, damaged, "estimate") == 2
+    assert "affinity.csv" in one_line(capsys) and not RunFolder(damaged).estimates.exists()
     published = tmp_path / "published"
     assert main(["-q", "--run-dir", str(published), "published"]) == 0
     capsys.readouterr()
