@@ -734,6 +734,9 @@ def estimate(ctx: Context, estimators: str | None, max_budget: int) -> None:
               f"{timings['read_seconds']:.2f} s ({timings['features_per_second']:.0f} features/s); " + ", ".join(
                   f"{e} {s:.2f} s" for e, s in timings["estimators"].items()))
     if outputs:
+        scale = outputs.doc["readouts_validation_mean_spearman"]
+        if scale is not None:
+            _say(ctx, f"estimate: for scale, the trained readouts' validation losses vs AHP: mean Spearman {scale:.3f}")
         for e in outputs.results:
             s = e.summary()
             shown = {k: "-" if s[k] is None else f"{s[k]:.3f}" for k in

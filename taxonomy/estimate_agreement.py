@@ -34,7 +34,8 @@ from taskonomy.runfolder import RunFolder, save_figure, write_csv, write_json
 from taskonomy.taxonomy.compare import Agreement, Side, agreement, open_side
 
 __all__ = ["AgreementOutputs", "BudgetMatch", "EstimatorAgreement", "estimator_side", "measure", "normalise",
-           "prepare_agreement", "run_agreement", "taxonomy_at", "tournament", "write_agreement"]
+           "prepare_agreement", "readout_reference", "run_agreement", "taxonomy_at", "tournament",
+           "write_agreement"]
 
 PUBLISHED = "published:16k"
 BUDGETS = 5
@@ -208,6 +209,32 @@ def figure(results: Sequence[EstimatorAgreement]):
     return fig
 
 
+def readout_reference(run_dir: str | Path, ahp: Side) -> float | None:
+    """For scale: the mean per-target Spearman of AHP's first-order affinities against the trained readouts' own
+    mean validation losses (stage II's selection signal, lower = better); None where the run has none."""
+    import warnings
+
+    from scipy import stats
+
+    from taskonomy import artifacts
+
+    try:
+        with warnings.catch_warnings():  # an incomplete target is simply left out here
+            warnings.simplefilter("ignore")
+            tables = artifacts.read_losses(run_dir, purpose="the readouts' reference").targets
+        rhos = []
+        for target, table in tables.items():
+            first = ahp.first_order(target)
+            names = [n for n in table.first_order() if n in first]
+            if len(names) > 2:
+                rhos.append(stats.spearmanr([-table.validation_mean(n) for n in names],
+                                            [first[n] for n in names]).statistic)
+    except TaskonomyError:  # no transfers.zarr, or no validation losses (a run made before the validation split)
+        return None
+    kept = [r for r in rhos if not math.isnan(r)]
+    return round(float(np.mean(kept)), 4) if kept else None
+
+
 @dataclass
 class AgreementOutputs:
     """What run_agreement writes, computed and not yet written."""
@@ -234,6 +261,7 @@ def prepare_agreement(run_dir: str | Path, estimators: Sequence[Any], timings: M
     doc = {"estimators": [e.summary() for e in results], "budgets": budgets, "max_order": 1,
            "published": PUBLISHED,
            "ahp_vs_published_mean_spearman": round(float(np.mean(kept)), 4) if kept else None,
+           "readouts_validation_mean_spearman": readout_reference(run_dir, open_side(str(run_dir))),
            "seconds": dict(timings.get("estimators", {})) if timings else {},
            "normalisation": "per target: min-max over the row (full included), divided by the row's sum",
            "normalisation_tournament": "per target: AHP of a one-image tournament on the scores (added after the "

@@ -99,6 +99,8 @@ def test_the_report_shows_the_estimators(faults_run, tmp_path):
     assert cli(config, run_dir, "estimate", "--estimators", "logme,ridge") == 0
     page = build_report(run_dir).read_text()
     assert "Transferability estimators" in page and "estimate_agreement.png" in page
+    scale = json.loads(RunFolder(run_dir).estimate_agreement_json.read_text())["readouts_validation_mean_spearman"]
+    assert scale is not None and -1 <= scale <= 1
     assert (RunFolder(run_dir).report / "estimate_agreement.png").is_file()
 
 
