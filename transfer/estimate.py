@@ -21,11 +21,11 @@ slices. Higher is better for every estimator:
 Settings, fixed before any agreement with AHP was measured (module constants): features average-pooled to a
 2 x 2 grid (C x 4 values an image; a pair target reads both views, concatenated), z-scored per value on the
 transfer split and clipped at 5 sigma as stage II's readouts; dense labels average-pooled to 4 x 4 (class maps
-as one-hot class shares per cell), class labels one-hot, soft labels as stored, then z-scored per column (a
-column constant on the transfer split left out);
+as one-hot class shares per cell), class labels one-hot, soft labels as stored, then z-scored per column;
 H-score's discrete labels are the class (the arg-max of a soft label), and for every other target k-means of
 the z-scored labels into 8 clusters; RDMs over at most 1000 evenly spaced images; ridge penalty 10 on the
-z-scored features (X^T X + 10 I). `full` is each estimator's score of the target's own stage I features.
+z-scored features (X^T X + 10 I). `full` is each estimator's score of the target's own stage I features. One
+change came after the first measurement, a bug fix: label columns constant on the transfer split are left out.
 """
 
 from __future__ import annotations
