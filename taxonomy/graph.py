@@ -25,8 +25,10 @@ from matplotlib.patches import FancyArrowPatch, Patch
 
 from taskonomy.taxonomy.bip import Transfer
 from taskonomy.taxonomy.evaluate import SweepPoint
+from taskonomy.taxonomy.significance import METRICS, Significance
 
-__all__ = ["draw_taxonomy", "evaluation_figure", "similarity_trees_figure", "taxonomy_figure", "taxonomy_grid_figure"]
+__all__ = ["draw_taxonomy", "evaluation_figure", "significance_figure", "similarity_trees_figure", "taxonomy_figure",
+           "taxonomy_grid_figure"]
 
 _FULL, _SOURCE, _TARGET = "#1f4e8c", "#8fb4e3", "#e8e8e8"  # supervised and solved fully / supervised source / target
 _ORDER_COLOURS = ("#555555", "#d1495b", "#2e933c", "#7b4fb0", "#e08a00")
@@ -220,5 +222,43 @@ def similarity_trees_figure(trees: Sequence[np.ndarray], tasks: Sequence[str], n
     shown = "n/a" if math.isnan(correlation) else f"{correlation:.2f}"
     fig.suptitle(f"Task-similarity trees (average linkage of first-order affinities); cophenetic correlation "
                  f"{shown}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def significance_figure(results: Sequence[Significance]) -> Figure:
+    """The paper's Figure 11: per max order (rows), the taxonomy's mean gain and quality (columns) against the
+    budget over the band of random feasible policies (5th to 95th percentile, median dashed); in the last row, the
+    share of random policies it beats."""
+    from matplotlib.ticker import MaxNLocator
+
+    orders = sorted({s.max_order for s in results})
+    n = max((len(s.random) for s in results), default=0)
+    fig = Figure(figsize=(12, 2.7 * len(orders) + 3.0))
+    axes = fig.subplots(len(orders) + 1, 2, squeeze=False, height_ratios=[2.7] * len(orders) + [3.0])
+    for k, metric in enumerate(METRICS):
+        bottom = axes[-1][k]
+        for row, order in enumerate(orders):
+            ax, colour = axes[row][k], _order_colour(order)
+            line = sorted((s for s in results if s.max_order == order and len(s.random)), key=lambda s: s.budget)
+            budgets = [s.budget for s in line]
+            ax.fill_between(budgets, [s.band(metric, 0.05) for s in line], [s.band(metric, 0.95) for s in line],
+                            color="#999999", alpha=0.3, lw=0, label=f"{n} random policies: 5-95%")
+            ax.plot(budgets, [s.band(metric, 0.5) for s in line], "--", color="#555555", lw=0.9,
+                    label="random policies: median")
+            ax.plot(budgets, [s.taxonomy[k] for s in line], "o-", ms=3, color=colour, label="taxonomy")
+            bottom.plot(budgets, [s.beaten(metric) for s in line], "o-", ms=3, color=colour,
+                        label=f"max order {order}")
+            ax.set(ylabel=f"mean {metric}", ylim=(0, 1.02))
+            ax.set_title(f"{metric.capitalize()} (win rate against {'scratch' if k == 0 else 'full supervision'}), "
+                         f"max order {order}", fontsize=10)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if row == 0:
+                ax.legend(fontsize=7, loc="lower right")
+        bottom.axhline(0.95, color="#999999", lw=0.8, ls="--")
+        bottom.set(xlabel="supervision budget", ylabel="share beaten", ylim=(-0.02, 1.02))
+        bottom.set_title(f"Share of random policies beaten on {metric} (ties count half; dashed: 95%)", fontsize=10)
+        bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+        bottom.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
