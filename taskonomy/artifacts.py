@@ -88,6 +88,7 @@ class TargetLosses:
     losses: np.ndarray  # (n_transfers, n_test) float64
     stamps: list[str] = field(default_factory=list)
     validation: np.ndarray | None = None  # (n_transfers, n_validation) float64; None: the store has none
+    screened_out: list[str] = field(default_factory=list)  # transfers transfer.screen left untrained (not tried)
 
     def row(self, name: str) -> np.ndarray:
         """The per-image test losses of transfer `name`."""
@@ -226,7 +227,8 @@ def read_losses(run_dir: str | os.PathLike, targets: Sequence[str] | None = None
                     raise TaskonomyError(f"{where}: validation losses of shape {validation.shape}, expected "
                                          f"({losses.shape[0]}, {n_val}); rebuild it with `{rebuild} --force`")
             found[target] = TargetLosses(target, names, [order_of(n) for n in names], losses,
-                                         [str(s) for s in group.attrs.get("stamps", [])], validation)
+                                         [str(s) for s in group.attrs.get("stamps", [])], validation,
+                                         [str(s) for s in group.attrs.get("screened_out", [])])
     if len({t.losses.shape[1] for t in found.values()}) > 1:
         raise TaskonomyError(f"{path}: targets were tested on different numbers of images")
     return LossTable(path, attrs, found)
@@ -252,9 +254,10 @@ def existing_rows(store: Any, target: str) -> dict[str, tuple[str, np.ndarray, n
 
 
 def write_target_losses(store: Any, target: str, rows: list[tuple[str, str, np.ndarray, np.ndarray]], stamp: str,
-                        loss: str, complete: bool) -> None:
+                        loss: str, complete: bool, screened_out: Sequence[str] = ()) -> None:
     """(Re)write /<target> whole from rows (name, stamp, per-image test losses, per-image validation losses,
-    NaN where a row has none) in their order; `complete` last."""
+    NaN where a row has none) in their order; `complete` last. `screened_out`: the transfers transfer.screen
+    left untrained (an attribute only where there are any, so an unscreened store is as before)."""
     from taskonomy.store import codecs
 
     group = store.create_group(target, overwrite=True)
@@ -265,7 +268,7 @@ def write_target_losses(store: Any, target: str, rows: list[tuple[str, str, np.n
         array[...] = values
     group.attrs.update({"transfers": [r[0] for r in rows], "orders": [order_of(r[0]) for r in rows],
                         "stamps": [r[1] for r in rows], "stamp": stamp, "loss": loss, "rows_written": True,
-                        "complete": complete})
+                        **({"screened_out": list(screened_out)} if screened_out else {}), "complete": complete})
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -25,8 +25,9 @@ from taskonomy import TaskonomyError
 from taskonomy import tasks as registry
 
 __all__ = ["AhpConfig", "Config", "DataConfig", "ENCODER_KINDS", "EPHEMERAL", "EncoderConfig", "ExtractConfig",
-           "SplitConfig", "STAGES", "TaxonomyConfig", "TrainConfig", "TransferConfig", "changed_keys", "content_hash",
-           "encoder_entry", "flat_keys", "load_config", "parse_setting", "stage_of"]
+           "SCREEN_ESTIMATORS", "ScreenConfig", "SplitConfig", "STAGES", "TaxonomyConfig", "TrainConfig",
+           "TransferConfig", "changed_keys", "content_hash", "encoder_entry", "flat_keys", "load_config",
+           "parse_setting", "stage_of"]
 
 # The main job's tasks (configs/default.yaml): the 21 single-image tasks; the multi-view ones need the GPU run.
 DEFAULT_TASKS = ("autoencoding", "denoising", "colorization", "inpainting", "jigsaw", "edge_texture", "keypoints2d",
@@ -297,6 +298,19 @@ class TaxonomyConfig(_Strict):
         return _task_names(value, info.field_name.rstrip("s"))
 
 
+# transfer/estimate.py's estimators (config is the base layer: tests/transfer/test_screen.py checks the two agree)
+SCREEN_ESTIMATORS = ("logme", "hscore", "rsa", "parc", "ridge")
+
+
+class ScreenConfig(_Strict):
+    """transfer.screen: stage II trains only the readouts a transferability estimator ranks best
+    (transfer/screen.py); the rest are recorded as screened out."""
+
+    estimator: Literal[SCREEN_ESTIMATORS] = Field(description="transfer/estimate.py's estimator that ranks them")
+    keep: int = Field(ge=1, le=1000, description="first-order sources per target trained, the controls besides")
+    beam: int = Field(ge=0, le=1000, description="higher-order beam sets per target trained")
+
+
 class TransferConfig(_Strict):
     """Stage II: readouts from frozen features to every target, trained on the transfer split."""
 
@@ -312,6 +326,8 @@ class TransferConfig(_Strict):
     scheduler: str | None = Field(None, description="dask.distributed scheduler address; none = in process")
     validation: float = Field(0.2, ge=0, lt=1, description="fraction of the transfer split's scenes held out from "
                               "readout training; the beam ranks first-order sources on them")
+    screen: ScreenConfig | None = Field(None, description="{estimator, keep, beam}: train only the readouts the "
+                                        "estimator ranks best; none = every readout")
 
     @field_validator("targets")
     @classmethod
@@ -323,6 +339,13 @@ class TransferConfig(_Strict):
         if self.validation == 0 and self.max_order > 1:
             raise ValueError("validation 0 leaves nothing to rank the beam's sources on (never the test images); "
                              "set transfer.validation > 0 or transfer.max_order 1")
+        return self
+
+    @model_validator(mode="after")
+    def _validation_for_ridge(self) -> TransferConfig:
+        if self.screen is not None and self.screen.estimator == "ridge" and self.validation == 0:
+            raise ValueError("screen.estimator ridge scores on the validation part and validation 0 holds out "
+                             "none; set transfer.validation > 0 or another estimator")
         return self
 
 
@@ -450,8 +473,9 @@ def flat_keys(config: Config) -> dict[str, Any]:
 
     def walk(model: BaseModel, dumped: dict[str, Any], prefix: str) -> None:
         for name in type(model).model_fields:
-            value = getattr(model, name)
-            if isinstance(value, BaseModel):
+            value, kind = getattr(model, name), type(model).model_fields[name].annotation
+            # a section is flattened; an optional one (transfer.screen: None or set) is one key, as a mapping is
+            if isinstance(value, BaseModel) and isinstance(kind, type) and issubclass(kind, BaseModel):
                 walk(value, dumped[name], f"{prefix}{name}.")
             else:
                 flat[prefix + name] = dumped[name]

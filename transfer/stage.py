@@ -19,6 +19,9 @@ Every row carries a stamp of what determines it (code version, data, readout con
 scaler, its sources' encoder hashes). A row whose stamp is unchanged is kept, so adding a source or an
 order later trains only what is new. A target is written whole and marked complete last; a run killed
 midway keeps the finished targets, and the first-order rows of the others, and redoes the rest.
+
+Screening (`transfer.screen`, transfer/screen.py): only the first-order sources and beam sets a transferability
+estimator ranks best are trained, the rest recorded as screened out; unset, every row above is trained.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from taskonomy.config import Config, content_hash
 from taskonomy.artifacts import AddedTarget, existing_rows, read_added_targets, transfer_name, write_target_losses
 from taskonomy.runfolder import RunFolder
 from taskonomy.store import mark_complete
+from taskonomy.transfer.screen import open_screen, write_screen_table
 from taskonomy.transfer.train import ReadoutJob, ReadoutLosses, TrainReport, train_readouts
 from taskonomy.workers import job_workers, run_jobs
 
@@ -79,6 +83,7 @@ class _Target:
     labels: np.ndarray | None = None  # one per data.zarr image for a target added from the cache, else None
     validation: dict[str, np.ndarray] = field(default_factory=dict)  # readout row -> its validation losses
     wanted: list[str] = field(default_factory=list)  # readout rows in the order asked for: the order written
+    screened_out: list[str] = field(default_factory=list)  # rows transfer.screen left untrained
 
     def n_validation(self) -> int:
         return int(np.count_nonzero(self.job.validation))
@@ -92,14 +97,18 @@ class _Target:
 
 @dataclass(frozen=True)
 class TransferOutcome:
-    """What stage II did per target: rows trained now (readouts, scratch, an added target's network) and kept."""
+    """What stage II did per target: rows trained now (readouts, scratch, an added target's network), kept and
+    (with transfer.screen) screened out; `screen_seconds`: the estimator's reading and scoring."""
 
     trained: dict[str, int]
     kept: dict[str, int]
+    screened: dict[str, int] = field(default_factory=dict)
+    screen_seconds: float = 0.0
 
     def describe(self, target: str) -> str:
-        trained, kept = self.trained.get(target, 0), self.kept.get(target, 0)
-        return f"{trained} transfers trained, {kept} kept" if trained else "up to date"
+        trained, kept, screened = self.trained.get(target, 0), self.kept.get(target, 0), self.screened.get(target, 0)
+        out = f"{trained} transfers trained, {kept} kept" if trained else "up to date"
+        return out + (f", {screened} screened out" if screened else "")
 
     @property
     def total_trained(self) -> int:
@@ -128,7 +137,8 @@ def _write_target(store: zarr.Group, target: _Target, complete: bool) -> None:
                                                         place.get(kv[0], -1)))
     none = np.full(target.n_validation(), np.nan)
     write_target_losses(store, target.name, [(name, row[0], row[2], target.validation.get(name, none))
-                                             for name, row in order], target.base, target.job.task.loss, complete)
+                                             for name, row in order], target.base, target.job.task.loss, complete,
+                        target.screened_out)
 
 
 def _run_jobs(features: Path, jobs: list[ReadoutJob], config: Config, size: int, block: int,
@@ -252,14 +262,16 @@ def _cache_facts(features: zarr.Group, sources: list[str]) -> tuple[dict[str, st
 
 def _readout_config(config: Config) -> dict[str, Any]:
     """The transfer settings that change a readout's losses (not which readouts are trained, nor where)."""
-    return config.transfer.model_dump(mode="json", exclude={"targets", "scheduler", "max_order", "beam", "scratch"})
+    return config.transfer.model_dump(mode="json", exclude={"targets", "scheduler", "max_order", "beam", "scratch",
+                                                            "screen"})
 
 
 def _all_orders(targets: list[_Target], first: dict[str, list[tuple[str, ...]]], encoders: dict[str, str],
                 config: Config, features: Path, size: int, block: int, progress: bool,
-                after_first=None) -> tuple[dict[str, int], float]:
+                after_first=None, screen=None) -> tuple[dict[str, int], float]:
     """First order, then the beam from its mean VALIDATION losses (never the test split's, which AHP and
-    evaluation score); (rows trained per target, data-wait share)."""
+    evaluation score), of its sets only those `screen` keeps (transfer.screen.Screen; None: all); (rows trained
+    per target, data-wait share)."""
     trained, report = _train_rows(targets, first, encoders, features, config, size, block, progress)
     if after_first:
         after_first()
@@ -269,6 +281,9 @@ def _all_orders(targets: list[_Target], first: dict[str, list[tuple[str, ...]]],
             if config.transfer.max_order > 1 else {}
         higher[target.name] = beam_transfers(sorted(means, key=means.get), config.transfer.max_order,
                                              config.transfer.beam)
+        if screen is not None:
+            higher[target.name] = screen.higher(target.name, higher[target.name])
+            target.screened_out = screen.screened_out(target.name)
     more, report2 = _train_rows(targets, higher, encoders, features, config, size, block, progress)
     for name, count in more.items():
         trained[name] = trained.get(name, 0) + count
@@ -350,6 +365,10 @@ def run_transfer(config: Config, run_dir: str | Path, force: bool = False, progr
         else:
             path = run.checkpoint(name)
             checkpoints[name] = load_checkpoint(path) if path.is_file() else None
+    # transfer.screen's estimator reads the cache and scores the first order before anything is written
+    screen = open_screen(config, data, features, sources, {n: added[n].task if n in added else registry.get(n)
+                                                           for n in todo}, labels, held) \
+        if config.transfer.screen else None
     store = zarr.open_group(str(run.transfers), mode="a")
     if force or store.attrs.get("data_hash") != data_id:
         store = zarr.open_group(str(run.transfers), mode="w")
@@ -358,7 +377,8 @@ def run_transfer(config: Config, run_dir: str | Path, force: bool = False, progr
     root_attrs = {"data_hash": data_id, "complete": False, "targets": [n for n in names if n in present],
                   "sources": sources, "test_index": [int(i) for i in data["splits/test"][:]],
                   "validation_index": [int(i) for i in data["splits/transfer"][:][held]],
-                  "loss": {n: (added[n].task if n in added else registry.get(n)).loss for n in names}}
+                  "loss": {n: (added[n].task if n in added else registry.get(n)).loss for n in names},
+                  **({"screen": config.transfer.screen.model_dump(mode="json")} if screen else {})}
     targets = []
     for name in todo:
         task = added[name].task if name in added else registry.get(name)
@@ -376,17 +396,26 @@ def run_transfer(config: Config, run_dir: str | Path, force: bool = False, progr
     for name, count in _scratch_rows(targets, data, config, device, progress).items():
         trained[name] += count
     first = {t.name: [(s,) for s in sources if s != t.name] for t in targets}
+    if screen is not None:
+        for target in targets:
+            first[target.name] = screen.first_order(target.name, first[target.name])
+            target.screened_out = screen.screened_out(target.name)
 
     def write(complete: bool) -> None:
         store.attrs.update(root_attrs)
+        if screen is None and "screen" in store.attrs:  # an unscreened store is as it always was
+            del store.attrs["screen"]
         for target in targets:
             _write_target(store, target, complete=complete)
 
     rows, wait = _all_orders(targets, first, encoders, config, run.features, size, block, progress,
-                             after_first=lambda: write(complete=False))
+                             after_first=lambda: write(complete=False), screen=screen)
     write(complete=True)
     for name, count in rows.items():
         trained[name] += count
     store.attrs["wait_share"] = wait
+    write_screen_table(run.path, screen, todo, names)
     mark_complete(store)
-    return TransferOutcome(trained, {t.name: len(t.rows) - min(trained[t.name], len(t.rows)) for t in targets})
+    return TransferOutcome(trained, {t.name: len(t.rows) - min(trained[t.name], len(t.rows)) for t in targets},
+                           {t.name: len(t.screened_out) for t in targets}, screen.seconds if screen else 0.0)
+
