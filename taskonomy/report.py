@@ -30,7 +30,7 @@ from typing import Any
 from taskonomy import TaskonomyError
 from taskonomy.artifacts import BASELINES, read_published
 from taskonomy.config import Config, load_config
-from taskonomy.runfolder import FILES, RunFolder
+from taskonomy.runfolder import FILES, RunFolder, save_figure
 
 __all__ = ["PACKAGES", "REPORT_DIR", "build_report", "top_sources"]
 
@@ -355,6 +355,95 @@ def _estimates_section(run: RunFolder, out: Path) -> str:
             if run.estimate_agreement_figure.is_file() else "")
 
 
+def _tree_section(run: RunFolder, out: Path) -> str:
+    """The paper's Figure 13: this run's task-similarity tree beside the published one (average linkage of the
+    first-order affinities, as `taskonomy compare` builds them), drawn into the report; no BIP."""
+    from taskonomy.taxonomy.compare import open_side, similarity_trees
+    from taskonomy.taxonomy.graph import similarity_trees_figure
+
+    published = read_published(run.path)
+    reference = "published:1k" if published and published["images"] == "16k" else "published:16k"
+    own, other = open_side(str(run.path)), open_side(reference)
+    tasks, trees, correlation = similarity_trees(own, other)
+    if len(tasks) < 3:
+        return _na("Task-similarity tree", f"fewer than 3 tasks in common with {reference}")
+    name = RunFolder(out).task_tree.name
+    save_figure(RunFolder(out).task_tree, similarity_trees_figure(trees, tasks, ("this run", reference), correlation))
+    shown = "n/a" if math.isnan(correlation) else f"{correlation:.2f}"
+    return (f"<p>Tasks clustered by how they transfer out (the paper's Figure 13): average linkage over each "
+            f"target's first-order affinities normalised over the {len(tasks)} tasks both sides share, this run on "
+            f"the left, the original release's {_e(reference)} set on the right. The correlation of the two trees' "
+            f"cophenetic distances is {_e(shown)} (1: the same tree).</p>"
+            + _figure(out, None, name, f"Task-similarity trees: this run (left) and {reference} (right)."))
+
+
+def _significance_section(run: RunFolder, out: Path) -> str:
+    """`taskonomy significance`: the figure and, per max order, the budgets at which the taxonomy beats 95% of the
+    random policies; the table of the highest max order."""
+    header, rows = _read_csv(run.significance_csv)
+    orders = sorted({int(r["max_order"]) for r in rows})
+    lines = []
+    for order in orders:
+        mine = [r for r in rows if int(r["max_order"]) == order]
+        hits = {m: [r["budget"] for r in mine if r[f"beats_{m}"] and float(r[f"beats_{m}"]) >= 0.95]
+                for m in ("gain", "quality")}
+        lines.append(f"max order {order} ({len(mine)} budgets): on gain at budgets {', '.join(hits['gain']) or 'none'}"
+                     f"; on quality at budgets {', '.join(hits['quality']) or 'none'}")
+    policies = max((int(r["policies"]) for r in rows), default=0)
+    top = [r for r in rows if int(r["max_order"]) == orders[-1]] if orders else []
+
+    def band(r: dict[str, str], m: str) -> str:
+        return f"{_fmt(r[f'random_{m}_p5'])}-{_fmt(r[f'random_{m}_p95'])}" if r[f"random_{m}_p5"] else "-"
+
+    def share(value: str) -> str:
+        return f"{float(value):.1%}" if value else "-"
+
+    table = [[r["budget"], r["supervised"] or r["status"], _fmt(r["gain"]), band(r, "gain"), share(r["beats_gain"]),
+              _fmt(r["quality"]), band(r, "quality"), share(r["beats_quality"])] for r in top]
+    figure = run.significance_figure
+    return (f"<p>The taxonomy at each budget and max order against {policies} random feasible policies (a random "
+            f"supervised set of as many tasks within the budget, then for each target a random transfer from it of "
+            f"order up to the max order), all scored on the same per-image test losses "
+            f"(<code>taskonomy significance</code>, {_e(run.significance_csv.name)}). It beats at least 95% of "
+            f"them (ties count half):</p><ul>{''.join(f'<li>{_e(line)}</li>' for line in lines)}</ul>"
+            + (_figure(out, figure, figure.name, "Mean gain and quality of the taxonomy against the random policies' "
+                                                 "5-95% band, and the share it beats.") if figure.is_file() else "")
+            + f"<h3>Max order {orders[-1] if orders else '-'}</h3>"
+            + _table(["budget", "supervised", "gain", "random 5-95%", "beats", "quality", "random 5-95%", "beats"],
+                     table, [bool(r["beats_quality"]) and float(r["beats_quality"]) < 0.95 for r in top]))
+
+
+def _stability_section(run: RunFolder) -> str:
+    """`taskonomy stability`: per budget how often the supervised set and the transfers recur over bootstrap
+    resamples of the test images; per target at the run's own budget (taxonomy.json) or the first one."""
+    doc = json.loads(run.stability_json.read_text())
+
+    def pct(value: Any) -> str:
+        return "-" if value is None else f"{float(value):.0%}"
+
+    budgets = [[f"{float(b['budget']):g}", ", ".join(b["supervised"]) or b["status"], pct(b["same_set"]),
+                pct(b["mean_same_transfer"]),
+                "; ".join(f"{', '.join(s['supervised'])} {pct(s['share'])}" for s in b["sets"]
+                          if s["supervised"] != b["supervised"]) or "-"] for b in doc["budgets"]]
+    own = _own_taxonomy(run)
+    listed = [float(b["budget"]) for b in doc["budgets"]]
+    chosen = own[0] if own and own[0] in listed else (listed[0] if listed else None)
+    _, rows = _read_csv(run.stability_csv)
+    per_target = [[r["target"], r["transfer"], pct(r["same_transfer"]),
+                   f"{r['runner_up']} {pct(r['runner_up_share'])}" if r["runner_up"] else "-"]
+                  for r in rows if chosen is not None and float(r["budget"]) == chosen]
+    return (f"<p>The BIP solved again on each of {_e(doc['resamples'])} bootstrap resamples of the test images "
+            f"(the resamples of the affinity intervals above; <code>taskonomy stability</code>, "
+            f"{_e(run.stability_json.name)}): how often the supervised set and each target's transfer come out as "
+            f"in the taxonomy. A resample on which the BIP finds no policy counts as a change.</p>"
+            + _table(["budget", "supervised", "same set", "same transfer (mean over targets)", "other sets"], budgets,
+                     [b["same_set"] is not None and float(b["same_set"]) < 0.5 for b in doc["budgets"]])
+            + (f"<h3>Per target at budget {chosen:g}</h3>" + _table(
+                ["target", "transfer", "same transfer", "most frequent other"], per_target,
+                [float(r["same_transfer"]) < 0.5 for r in rows if float(r["budget"]) == chosen])
+               if per_target else ""))
+
+
 def _versions() -> list[list[str]]:
     rows = [["python", sys.version.split()[0]]]
     for name in PACKAGES:
@@ -424,10 +513,17 @@ def _sections(run: RunFolder, config: Config, out: Path, timings: dict[str, floa
          _guarded(run.affinity_ci.name, _top_section, run)),
         ("published", "Agreement with the published Taskonomy results",
          _guarded("the published results", _agreement_section, run)),
+        ("tree", "Task-similarity tree", _guarded("the task-similarity tree", _tree_section, run, out)),
         ("estimates", "Transferability estimators", _guarded(run.estimate_agreement_json.name, _estimates_section,
                                                               run, out)
          if run.estimate_agreement_json.is_file() else None),  # only where `taskonomy estimate` measured them
         ("taxonomy", "Stage IV: taxonomies", _taxonomy_section(run, out)),
+        ("stability", "Stability of the taxonomy under resampled test images",
+         _guarded(run.stability_json.name, _stability_section, run)
+         if run.stability_json.is_file() else None),  # only where `taskonomy stability` measured it
+        ("significance", "Is the taxonomy better than chance?",
+         _guarded(run.significance_csv.name, _significance_section, run, out)
+         if run.significance_csv.is_file() else None),  # only where `taskonomy significance` measured it
         ("science", "Science checks", _guarded(run.science_json.name, _science_section, run)
          if run.science_json.is_file() else None),  # only where `taskonomy science` measured the run
         ("evaluation", "Gain and quality", _guarded(run.supervision_saved_csv.name, _evaluation_section, run, out)),

@@ -32,7 +32,7 @@ from taskonomy import tasks as registry
 from taskonomy.runfolder import RunFolder, save_figure, write_csv, write_json
 
 __all__ = ["Agreement", "BudgetAgreement", "Comparison", "Side", "agreement", "compare", "mean_spearman", "open_side",
-           "run_compare", "similarity_tree"]
+           "run_compare", "similarity_tree", "similarity_trees"]
 
 PUBLISHED = "published"
 
@@ -203,8 +203,6 @@ def similarity_tree(side: Side, tasks: list[str], targets: list[str]) -> np.ndar
 
 def compare(a: Side, b: Side, max_budget: int = 5) -> Comparison:
     """Everything `taskonomy compare` reports about two sides."""
-    from scipy.cluster.hierarchy import cophenet
-
     sources, targets = _common_tasks(a, b)
     if not targets:
         raise TaskonomyError(f"{a.name} and {b.name} have no target in common")
@@ -213,6 +211,16 @@ def compare(a: Side, b: Side, max_budget: int = 5) -> Comparison:
         sa, sb = (_supervised(side, sources, targets, budget) for side in (a, b))
         union = set(sa) | set(sb)
         budgets.append(BudgetAgreement(budget, sa, sb, len(set(sa) & set(sb)) / len(union) if union else math.nan))
+    tasks, trees, correlation = similarity_trees(a, b)
+    return Comparison(a.name, b.name, agreement(a, b), budgets, tasks, trees, correlation)
+
+
+def similarity_trees(a: Side, b: Side) -> tuple[list[str], tuple[np.ndarray, np.ndarray], float]:
+    """Both sides' task-similarity trees over the tasks they share (no BIP): (tasks, the two linkage matrices,
+    empty below 3 tasks, and the Pearson correlation of their cophenetic distances, NaN when undefined)."""
+    from scipy.cluster.hierarchy import cophenet
+
+    sources, targets = _common_tasks(a, b)
     tasks = [s for s in sources if sum(1 for t in targets if t != s) > 0]
     trees = (np.zeros((0, 4)), np.zeros((0, 4)))
     correlation = math.nan
@@ -221,7 +229,7 @@ def compare(a: Side, b: Side, max_budget: int = 5) -> Comparison:
         da, db = cophenet(trees[0]), cophenet(trees[1])
         if np.std(da) > 0 and np.std(db) > 0:
             correlation = float(np.corrcoef(da, db)[0, 1])
-    return Comparison(a.name, b.name, agreement(a, b), budgets, tasks, trees, correlation)
+    return tasks, trees, correlation
 
 
 COLUMNS = ["target", "sources", "spearman", "kendall", "top1_a", "top1_b", "top1_agree", "top3_overlap"]

@@ -1,0 +1,160 @@
+"""Would the taxonomy come out the same again? The BIP solved anew on the affinities of bootstrap resamples.
+
+    taskonomy --run-dir runs/default stability [--resamples 200] [--budgets 1,2,3,4,5] [--max-order 3]
+
+Stage III's bootstrap (ahp.kernels.bootstrap with the run's seed: every target sees the same resampled test
+images, and the first N resamples are the first N of affinity_ci.csv's) gives each target's AHP affinities on each
+resample of the test images; each resample's affinities go through the BIP exactly as affinity.csv's do
+(taxonomy.stage: the same hyperedges, sources, targets, importance and cost). Per budget: how often the chosen
+supervised set is the taxonomy's, and per target how often its chosen transfer is the taxonomy's. A resample on
+which the BIP finds no policy counts as a change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from taskonomy import TaskonomyError
+from taskonomy.artifacts import TargetLosses
+from taskonomy.config import Config
+from taskonomy.runfolder import RunFolder, write_csv, write_json
+from taskonomy.taxonomy.bip import Problem, solve
+
+__all__ = ["COLUMNS", "BudgetStability", "resampled_affinities", "run_stability", "stability"]
+
+Rows = Mapping[str, Mapping[str, float]]  # target -> affinity column -> affinity
+_SHOWN = 3  # the most frequent supervised sets listed per budget
+
+
+@dataclass(frozen=True)
+class BudgetStability:
+    """One budget: the taxonomy on the point affinities and how often each part of it recurs over the resamples."""
+
+    budget: float
+    max_order: int
+    status: str
+    supervised: tuple[str, ...]
+    policy: dict[str, str]  # target -> transfer name (the taxonomy's)
+    resamples: int
+    same_set: float  # share of resamples whose supervised set is the taxonomy's
+    same_transfer: dict[str, float]  # per target: share of resamples that give it the taxonomy's transfer
+    sets: list[tuple[tuple[str, ...], float]]  # the most frequent supervised sets and their shares
+    runner_up: dict[str, tuple[str, float]]  # per target: the most frequent other transfer and its share
+
+    @property
+    def mean_same_transfer(self) -> float:
+        values = list(self.same_transfer.values())
+        return float(np.mean(values)) if values else math.nan
+
+
+def resampled_affinities(losses: Sequence[TargetLosses], resamples: int, seed: int, confidence: float = 0.95,
+                         tol: float = 1e-12, max_iter: int = 10_000) -> list[dict[str, dict[str, float]]]:
+    """Per resample of the test images: target -> transfer -> AHP affinity (stage III's bootstrap, seeded alike)."""
+    from taskonomy.ahp.kernels import bootstrap
+
+    if resamples < 1:
+        raise TaskonomyError(f"stability needs at least 1 resample, got {resamples}")
+    samples = {t.target: bootstrap(t.losses, resamples, confidence, seed, None, tol, max_iter).samples
+               for t in losses}  # (resamples, n_transfers) per target
+    return [{t.target: dict(zip(t.transfers, samples[t.target][r].tolist())) for t in losses}
+            for r in range(resamples)]
+
+
+def stability(problem_at: Callable[[Rows | None, float], Problem], resampled: Sequence[Rows],
+              budgets: Sequence[float], max_order: int, solver: str = "cbc",
+              time_limit: float = 60.0) -> list[BudgetStability]:
+    """Per budget: the BIP on the point affinities (`problem_at(None, budget)`) against the BIP on each resample's
+    (`problem_at(rows, budget)`)."""
+    out = []
+    for budget in budgets:
+        point = solve(problem_at(None, budget), solver=solver, time_limit=time_limit)
+        policy = {t: tr.name for t, tr in point.policy.items()}
+        sets: Counter = Counter()
+        transfers: dict[str, Counter] = {t: Counter() for t in policy}
+        for rows in resampled:
+            again = solve(problem_at(rows, budget), solver=solver, time_limit=time_limit)
+            sets[again.supervised if again.policy else ("(no policy)",)] += 1
+            for t in policy:
+                transfers[t][again.policy[t].name if t in again.policy else "(no policy)"] += 1
+        n = len(resampled)
+        same = {t: counts[policy[t]] / n if n else math.nan for t, counts in transfers.items()}
+        runner_up = {}
+        for t, counts in transfers.items():
+            other = next(((name, c / n) for name, c in counts.most_common() if name != policy[t]), None)
+            if other:
+                runner_up[t] = other
+        out.append(BudgetStability(
+            float(budget), max_order, point.status, point.supervised, policy, n,
+            sets[point.supervised] / n if n and point.policy else math.nan, same,
+            [(s, c / n) for s, c in sets.most_common(_SHOWN)], runner_up))
+    return out
+
+
+COLUMNS = ["budget", "max_order", "target", "transfer", "same_transfer", "runner_up", "runner_up_share"]
+
+
+def run_stability(config: Config, run_dir: str | Path, *, resamples: int | None = None,
+                  budgets: Sequence[float] | None = None, max_order: int | None = None,
+                  progress: Callable[[BudgetStability], None] | None = None) -> tuple[list[BudgetStability],
+                                                                                        list[Path]]:
+    """Resample the test images, solve the BIP on each resample's affinities at every budget (default 1..5, as far
+    as there are sources); write stability.csv (per target) and stability.json (per budget)."""
+    from taskonomy import artifacts
+    from taskonomy.taxonomy.bip import Transfer
+    from taskonomy.taxonomy.stage import hyperedges, make_problem, read_affinity
+
+    run_dir = Path(run_dir)
+    cfg, top = config.taxonomy, max_order or config.taxonomy.max_order
+    affinity = read_affinity(run_dir)
+    if artifacts.read_published(run_dir) is not None:
+        raise TaskonomyError(f"{run_dir} holds the published Taskonomy results: no per-image losses to resample")
+    table = artifacts.read_losses(run_dir, affinity.targets, purpose="the stability")
+    missing = [t for t in affinity.targets if t not in table.targets]
+    if missing:
+        raise TaskonomyError(f"target {missing[0]} of {affinity.path} has no complete losses in {table.path}; "
+                             f"rerun `taskonomy transfer`")
+    probe = make_problem(affinity, cfg, 0.0, top)
+    budgets = [float(b) for b in (budgets or range(1, min(5, len(probe.sources)) + 1))]
+    count = config.ahp.resamples if resamples is None else resamples
+    resampled = resampled_affinities(list(table.targets.values()), count, config.seed, config.ahp.confidence,
+                                     config.ahp.tolerance, config.ahp.max_iter)
+
+    def problem_at(rows: Rows | None, budget: float) -> Problem:
+        if rows is None:
+            return make_problem(affinity, cfg, budget, top)
+        edges = hyperedges(rows)
+        transfers = [Transfer(sources, target, value) for (sources, target), (value, _) in edges.items()]
+        return make_problem(dataclasses.replace(affinity, transfers=transfers), cfg, budget, top)
+
+    results = []
+    for budget in budgets:
+        results += stability(problem_at, resampled, [budget], top, cfg.solver, cfg.time_limit)
+        if progress:
+            progress(results[-1])
+    rows = [[s.budget, s.max_order, t, name, s.same_transfer[t], *s.runner_up.get(t, (None, None))]
+            for s in results for t, name in s.policy.items()]
+    run = RunFolder(run_dir)
+    return results, [write_csv(run.stability_csv, COLUMNS, rows, digits=6),
+                     write_json(run.stability_json, _summary(results, count, config.seed))]
+
+
+def _summary(results: Sequence[BudgetStability], resamples: int, seed: int) -> dict[str, Any]:
+    def number(value: float) -> float | None:
+        return None if math.isnan(value) else round(value, 6)
+
+    return {"resamples": resamples, "seed": seed,
+            "note": "bootstrap resamples of the test images, as stage III's affinity intervals; a resample on which "
+                    "the BIP finds no policy counts as a change",
+            "budgets": [{"budget": s.budget, "max_order": s.max_order, "status": s.status,
+                         "supervised": list(s.supervised), "same_set": number(s.same_set),
+                         "mean_same_transfer": number(s.mean_same_transfer),
+                         "sets": [{"supervised": list(names), "share": round(share, 6)} for names, share in s.sets],
+                         "same_transfer": {t: round(v, 6) for t, v in s.same_transfer.items()}} for s in results]}
