@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 CONFIG  ?= configs/default.yaml
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup lint test test-slow demo data preview train extract transfer add-target add-source ahp taxonomy report upgrade published compare science estimate bench clean
+.PHONY: setup lint test test-slow demo data preview train extract transfer add-target add-source ahp taxonomy report upgrade published compare science significance stability estimate bench clean
 
 setup: $(STAMP)
 
@@ -85,6 +85,15 @@ compare: setup
 # The issue's science goals measured on the finished run (science.csv/json in $(RUN)); exit 0 whether they pass.
 science: setup
 	$(BIN)/taskonomy --run-dir $(RUN) science
+
+# Is the taxonomy better than chance? Against 1,000 random feasible policies per budget and max order
+# (significance.csv/png in $(RUN)); and how stable it is over bootstrap resamples of the test images (stability.csv/json).
+POLICIES ?= 1000
+significance: setup
+	$(BIN)/taskonomy --run-dir $(RUN) significance --policies $(POLICIES)
+
+stability: setup
+	$(BIN)/taskonomy --run-dir $(RUN) stability
 
 # Readout-free transferability estimators on the run's feature cache (estimates/<name>.csv, higher = better) and,
 # where the run has affinity.csv, their agreement with AHP (estimate_agreement.csv/json/png in $(RUN)).
