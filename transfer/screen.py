@@ -69,8 +69,6 @@ class Screen:
 
     def score(self, target: str, sources: tuple[str, ...]) -> float:
         """The estimator's score of the transfer `sources` -> `target`: on the sources' features concatenated."""
-        from taskonomy.transfer.estimate import one_thread
-
         view = self.views[target]
         keys = [(s, view) for s in sorted(sources)]
         if any(k not in self.features.x for k in keys):
@@ -81,14 +79,20 @@ class Screen:
         own = (target, view) if (target, view) in self.features.x else None
         y, classes = self.labels[target]
         start = time.perf_counter()
-        with one_thread():
-            value = self.scorer.score(self.settings.estimator, key, own, target, y, classes)
+        value = self.scorer.score(self.settings.estimator, key, own, target, y, classes)
         self.seconds += time.perf_counter() - start
         return float(value)
 
+    def _scores(self, target: str, candidates: list[tuple[str, ...]]) -> list[float]:
+        """Every candidate's score, on one thread as `taskonomy estimate` computes them (transfer.estimate)."""
+        from taskonomy.transfer.estimate import one_thread
+
+        with one_thread():
+            return [self.score(target, c) for c in candidates]
+
     def _keep(self, target: str, candidates: list[tuple[str, ...]], keep: int) -> list[tuple[str, ...]]:
         """The `keep` best candidates by score (NaN last, ties in the given order), recorded; in the given order."""
-        scores = [self.score(target, c) for c in candidates]
+        scores = self._scores(target, candidates)
         order = sorted(range(len(candidates)), key=lambda i: (math.isnan(scores[i]), -np.nan_to_num(scores[i])))
         rank = {i: r + 1 for r, i in enumerate(order)}
         for i, sources in enumerate(candidates):
@@ -100,8 +104,8 @@ class Screen:
         """The first-order transfers to train: the `keep` best sources and the controls, in the given order."""
         controls = [c for c in candidates if c[0] in CONTROLS]
         kept = set(self._keep(target, [c for c in candidates if c[0] not in CONTROLS], self.settings.keep))
-        for sources in controls:
-            self.rows.append(ScreenRow(target, transfer_name(sources), 1, self.score(target, sources), 0, CONTROL))
+        for sources, value in zip(controls, self._scores(target, controls), strict=True):
+            self.rows.append(ScreenRow(target, transfer_name(sources), 1, value, 0, CONTROL))
         return [c for c in candidates if c in kept or c in controls]
 
     def higher(self, target: str, candidates: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
