@@ -180,3 +180,25 @@ def test_the_beam_keeps_the_sets_the_estimator_ranks_best_on_their_concatenated_
         best = max(expected, key=expected.get)
         assert [n for n in rows[target] if "+" in n] == [best]
         assert {n for n, r in sets.items() if r["decision"] == "screened out"} == set(sets) - {best}
+
+
+@pytest.mark.slow  # 17 s: a whole screened stage II (scratch networks too), a killed child process and its resume
+def test_a_killed_screened_run_resumes_to_the_uninterrupted_one(faults_run, tmp_path):
+    from _faults import killed
+    from taskonomy.artifacts import read_losses
+
+    config_path, reference = faults_run
+    settings = [a for s in ("transfer.beam=3", "transfer.screen={estimator: logme, keep: 1, beam: 1}")
+                for a in ("--set", s)]
+    whole, cut = (copy_run(reference, tmp_path / name, "transfers.zarr") for name in ("whole", "cut"))
+    assert cli(config_path, whole, *settings, "transfer") == 0
+    # killed once every target's first order is written (3 targets), before the beam's sets are scored and trained
+    killed(config_path, cut, [*settings, "transfer"], "taskonomy.transfer.stage:_write_target", 3, "after")
+    assert not RunFolder(cut).screen.exists()
+    assert cli(config_path, cut, *settings, "transfer") == 0
+    a, b = read_losses(whole).targets, read_losses(cut).targets
+    for target in a:
+        assert (a[target].transfers, a[target].stamps, a[target].screened_out) == \
+            (b[target].transfers, b[target].stamps, b[target].screened_out)
+        assert np.array_equal(a[target].losses, b[target].losses) and any("+" in n for n in a[target].transfers)
+    assert RunFolder(whole).screen.read_text() == RunFolder(cut).screen.read_text()
