@@ -21,7 +21,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import FormatStrFormatter, NullLocator
 from scipy.cluster.hierarchy import leaves_list, linkage
 
-__all__ = ["affinity_heatmap_figure", "cluster_order", "plot_affinity_heatmap"]
+__all__ = ["affinity_distance_figure", "affinity_heatmap_figure", "cluster_order", "plot_affinity_heatmap"]
 
 _ANNOTATE_CELLS = 600  # write the numbers into the cells up to this many cells; past it they are unreadable
 
@@ -97,6 +97,23 @@ def affinity_heatmap_figure(targets: list[str], sources: list[str], affinity: np
     left.set_ylabel("target")
     if title:
         fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def affinity_distance_figure(targets: list[str], sources: list[str], affinity: np.ndarray,
+                             beta: float = 20.0) -> Figure:
+    """The paper's Figure 7 view of the AHP affinities P (targets, sources): the affinity distance exp(-beta P),
+    lower = better transfer, ordered as the heatmap; NaN where a transfer was not tried."""
+    fig = Figure(figsize=(4 + 0.36 * len(sources), 2.2 + 0.3 * len(targets)), layout="constrained")
+    ax = fig.subplots()
+    if affinity.size == 0:
+        fig.suptitle("no first-order transfers to show")
+        return fig
+    rows, cols = _axes_order(targets, sources, affinity)
+    _panel(ax, np.exp(-beta * affinity[np.ix_(rows, cols)]), [targets[r] for r in rows],
+           [sources[c] for c in cols], f"Affinity distance exp(-{beta:g} P) of the first-order AHP affinities P "
+           f"(lower = better)", "exp(-beta P)", "viridis_r", False, fig)
+    ax.set_ylabel("target")
     return fig
 
 

@@ -187,7 +187,25 @@ def _affinity_section(run: RunFolder, out: Path) -> str:
     if not maps:
         return _na("Affinity heatmap", f"`taskonomy ahp` writes {main}")
     return "".join(_figure(out, p, p.name, f"{p.name}: targets as rows, first-order sources as columns, "
-                                           f"clustered; grey cells were not tried.") for p in maps)
+                                           f"clustered; grey cells were not tried.") for p in maps) + \
+        _guarded("The affinity distance view", _distance_view, run, out)
+
+
+def _distance_view(run: RunFolder, out: Path) -> str:
+    """The paper's Figure 7 view of affinity_first_order.csv, exp(-beta P), drawn into the report."""
+    import numpy as np
+
+    from taskonomy.ahp.heatmap import affinity_distance_figure
+
+    if not run.affinity_first_order.is_file():
+        return ""
+    header, rows = _read_csv(run.affinity_first_order)
+    sources = header[1:]
+    values = np.array([[float(r[s]) if r[s] else np.nan for s in sources] for r in rows])  # (targets, sources)
+    path = save_figure(RunFolder(out).affinity_distance,
+                       affinity_distance_figure([r[header[0]] for r in rows], sources, values))
+    return _figure(out, None, path.name, "The same affinities P as the paper's Figure 7 shows them: the affinity "
+                                         "distance exp(-20 P), lower = better transfer.")
 
 
 def _own_taxonomy(run: RunFolder) -> tuple[float, int] | None:

@@ -23,7 +23,8 @@ from taskonomy.runfolder import RunFolder
 
 TARGETS = ["normal", "class_scene", "egomotion"]
 REAL_IMAGES = {"contact_sheet.png", "affinity_heatmap.png", "taxonomy_graph.png", "taxonomy_budget_1.png",
-               "taxonomy_budget_5.png", "evaluation_curves.png", "evaluation_taxonomies.png"}
+               "taxonomy_budget_5.png", "evaluation_curves.png", "evaluation_taxonomies.png", "task_tree.png",
+               "affinity_distance.png"}
 
 
 class Page(HTMLParser):
@@ -104,7 +105,8 @@ def test_report_of_a_real_run_holds_every_table_and_picture(reported):
     _, run_dir = reported
     index = run_dir / REPORT_DIR / "index.html"
     page = Page(index)
-    assert page.sections == ["data", "stage1", "affinity", "top", "published", "taxonomy", "evaluation", "metadata"]
+    assert page.sections == ["data", "stage1", "affinity", "top", "published", "tree", "taxonomy", "evaluation",
+                             "metadata"]
     # pictures: copied or rendered into report/, referenced by bare file names, so the folder moves as a unit
     assert set(page.images) == REAL_IMAGES and len(page.images) == len(REAL_IMAGES)
     for src in page.images:

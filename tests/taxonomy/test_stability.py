@@ -101,7 +101,7 @@ def _section(page: str, key: str) -> str:
     return page.split(f'<section id="{key}">')[1].split("</section>")[0]
 
 
-def test_the_report_shows_stability_significance_and_the_task_tree(resampled_run):
+def test_the_report_shows_stability_significance_the_task_tree_and_the_distance_view(resampled_run):
     page = (resampled_run / "report" / "index.html").read_text()
     order = [page.index(f'<section id="{key}">') for key in ("tree", "taxonomy", "stability", "significance")]
     assert order == sorted(order)
@@ -112,3 +112,4 @@ def test_the_report_shows_stability_significance_and_the_task_tree(resampled_run
     assert "50 random feasible policies" in significance and "max order 2 (3 budgets)" in significance
     assert 'src="significance.png"' in significance and 'src="task_tree.png"' in _section(page, "tree")
     assert (resampled_run / "report" / "task_tree.png").stat().st_size > 10_000
+    assert 'src="affinity_distance.png"' in _section(page, "affinity")  # the paper's Figure 7 view, exp(-20 P)
