@@ -44,7 +44,7 @@ def _axes_order(targets: list[str], sources: list[str], affinity: np.ndarray) ->
 
 
 def _panel(ax, values: np.ndarray, rows: list[str], cols: list[str], title: str, label: str, cmap: str,
-           log: bool, fig: Figure) -> None:
+           log: bool, fig: Figure, annotate: bool = True) -> None:
     masked = np.ma.masked_invalid(values)
     finite = values[np.isfinite(values)]
     norm = None
@@ -59,7 +59,7 @@ def _panel(ax, values: np.ndarray, rows: list[str], cols: list[str], title: str,
     for r, target in enumerate(rows):  # outline the self-transfer cells
         if target in cols:
             ax.add_patch(Rectangle((cols.index(target) - 0.5, r - 0.5), 1, 1, fill=False, lw=1.2, ec="red"))
-    if values.size <= _ANNOTATE_CELLS and finite.size:
+    if annotate and values.size <= _ANNOTATE_CELLS and finite.size:
         mid = np.exp(np.log(finite).mean()) if norm is not None else (finite.min() + finite.max()) / 2
         bright_high = cmap == "viridis"
         for (r, c), v in np.ndenumerate(values):
@@ -112,7 +112,7 @@ def affinity_distance_figure(targets: list[str], sources: list[str], affinity: n
     rows, cols = _axes_order(targets, sources, affinity)
     _panel(ax, np.exp(-beta * affinity[np.ix_(rows, cols)]), [targets[r] for r in rows],
            [sources[c] for c in cols], f"Affinity distance exp(-{beta:g} P) of the first-order AHP affinities P "
-           f"(lower = better)", "exp(-beta P)", "viridis_r", False, fig)
+           f"(lower = better)", "exp(-beta P)", "viridis_r", False, fig, annotate=False)  # the heatmap has the numbers
     ax.set_ylabel("target")
     return fig
 
