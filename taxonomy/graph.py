@@ -27,8 +27,8 @@ from taskonomy.taxonomy.bip import Transfer
 from taskonomy.taxonomy.evaluate import SweepPoint
 from taskonomy.taxonomy.significance import METRICS, Significance
 
-__all__ = ["draw_taxonomy", "evaluation_figure", "significance_figure", "similarity_trees_figure", "taxonomy_figure",
-           "taxonomy_grid_figure"]
+__all__ = ["draw_taxonomy", "evaluation_figure", "novel_figure", "significance_figure", "similarity_trees_figure",
+           "taxonomy_figure", "taxonomy_grid_figure"]
 
 _FULL, _SOURCE, _TARGET = "#1f4e8c", "#8fb4e3", "#e8e8e8"  # supervised and solved fully / supervised source / target
 _ORDER_COLOURS = ("#555555", "#d1495b", "#2e933c", "#7b4fb0", "#e08a00")
@@ -260,5 +260,30 @@ def significance_figure(results: Sequence[Significance]) -> Figure:
         bottom.set_title(f"Share of random policies beaten on {metric} (ties count half; dashed: 95%)", fontsize=10)
         bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
         bottom.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def novel_figure(results: Sequence, budget: float, max_order: int) -> Figure:
+    """The paper's Figure 10: per left-out task, the gain and quality of all-for-one from the others' taxonomy
+    beside its best single source, random and pixels (results: taxonomy.novel.Novel)."""
+    policies = ("all_for_one", "best_source", "random", "pixels")
+    colours = ("#1f4e8c", "#8fb4e3", "#999999", "#d1495b")
+    tasks = [r.task for r in results]
+    fig = Figure(figsize=(max(8.0, 0.55 * len(tasks) + 2), 7.0))
+    axes = fig.subplots(2, 1, sharex=True)
+    width = 0.8 / len(policies)
+    for k, (ax, metric) in enumerate(zip(axes, ("gain", "quality"))):
+        for j, (policy, colour) in enumerate(zip(policies, colours)):
+            values = [r.scores[policy][k] for r in results]
+            ax.bar(np.arange(len(tasks)) + (j - 1.5) * width, values, width, color=colour,
+                   label=policy.replace("_", " ").replace("all for one", "all-for-one"))
+        ax.axhline(0.5, color="#555555", lw=0.8, ls="--")
+        ax.set(ylabel=f"{metric} (win rate)", ylim=(0, 1.02))
+        ax.set_title(f"{metric.capitalize()} against {'scratch' if k == 0 else 'full supervision'}", fontsize=10)
+    axes[0].legend(fontsize=8, ncol=4, loc="upper right")
+    axes[1].set_xticks(range(len(tasks)), tasks, rotation=60, ha="right", fontsize=8)
+    fig.suptitle(f"Each task left out in turn, reached by all-for-one from the others' taxonomy (budget {budget:g}, "
+                 f"max order {max_order})", fontsize=10)
     fig.tight_layout()
     return fig
