@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 CONFIG  ?= configs/default.yaml
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup lint test test-slow demo data preview train extract transfer add-target add-source ahp taxonomy report upgrade published compare science significance stability estimate bench clean
+.PHONY: setup lint test test-slow demo data preview train extract transfer add-target add-source ahp taxonomy report upgrade published compare science significance stability novel estimate bench clean
 
 setup: $(STAMP)
 
@@ -94,6 +94,10 @@ significance: setup
 
 stability: setup
 	$(BIN)/taskonomy --run-dir $(RUN) stability
+
+# Each task left out in turn and reached by all-for-one from the others' taxonomy (novel.csv/png in $(RUN)).
+novel: setup
+	$(BIN)/taskonomy --run-dir $(RUN) novel
 
 # Readout-free transferability estimators on the run's feature cache (estimates/<name>.csv, higher = better) and,
 # where the run has affinity.csv, their agreement with AHP (estimate_agreement.csv/json/png in $(RUN)).
