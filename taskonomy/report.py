@@ -462,6 +462,37 @@ def _stability_section(run: RunFolder) -> str:
                if per_target else ""))
 
 
+def _novel_section(run: RunFolder, out: Path) -> str:
+    """`taskonomy novel`: per left-out task the others' supervised set, its all-for-one transfer and the scores
+    of the four policies; the mean of each; the figure."""
+    _, rows = _read_csv(run.novel_csv)
+    policies = ("all_for_one", "best_source", "random", "pixels")
+
+    def cell(r: dict[str, str], p: str) -> str:
+        if not r[f"{p}_transfer"]:
+            return "-"
+        name = f"{r[f'{p}_transfer']}: " if p == "best_source" else ""
+        return f"{name}{_fmt(r[f'{p}_gain'] or 'nan')} / {_fmt(r[f'{p}_quality'] or 'nan')}"
+
+    def mean(p: str, c: str) -> str:
+        values = [float(r[f"{p}_{c}"]) for r in rows if r[f"{p}_{c}"]]
+        return f"{sum(values) / len(values):.3f}" if values else "-"
+
+    table = [[r["task"], r["supervised"] or r["status"], r["all_for_one_transfer"] or "-",
+              *[cell(r, p) for p in policies]] for r in rows]
+    table.append(["mean", "", "", *[f"{mean(p, 'gain')} / {mean(p, 'quality')}" for p in policies]])
+    figure = run.novel_figure
+    return ("<p>Each task left out of the dictionary in turn (<code>taskonomy novel</code>, "
+            f"{_e(run.novel_csv.name)}): every other target's AHP played again without it, the taxonomy solved for "
+            "the others, and the task reached by all-for-one, the best transfer into it from their supervised "
+            "set; gain / quality on the test images beside its best single source (chosen on validation), random "
+            "and pixels.</p>"
+            + _table(["left out", "others supervise", "all-for-one", "all-for-one gain / quality",
+                      "best source", "random", "pixels"], table)
+            + (_figure(out, figure, figure.name, "Gain and quality of all-for-one per left-out task beside its best "
+                                                 "single source, random and pixels.") if figure.is_file() else ""))
+
+
 def _versions() -> list[list[str]]:
     rows = [["python", sys.version.split()[0]]]
     for name in PACKAGES:
@@ -542,6 +573,9 @@ def _sections(run: RunFolder, config: Config, out: Path, timings: dict[str, floa
         ("significance", "Is the taxonomy better than chance?",
          _guarded(run.significance_csv.name, _significance_section, run, out)
          if run.significance_csv.is_file() else None),  # only where `taskonomy significance` measured it
+        ("novel", "Novel tasks: each task left out in turn",
+         _guarded(run.novel_csv.name, _novel_section, run, out)
+         if run.novel_csv.is_file() else None),  # only where `taskonomy novel` measured it
         ("science", "Science checks", _guarded(run.science_json.name, _science_section, run)
          if run.science_json.is_file() else None),  # only where `taskonomy science` measured the run
         ("evaluation", "Gain and quality", _guarded(run.supervision_saved_csv.name, _evaluation_section, run, out)),

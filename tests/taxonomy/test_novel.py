@@ -38,6 +38,7 @@ def novel_run(faults_run, tmp_path_factory):
     config, reference = faults_run
     run_dir = copy_run(reference, tmp_path_factory.mktemp("novel"))
     assert cli(config, run_dir, "novel", "--budget", "1") == 0
+    assert cli(config, run_dir, "report") == 0
     return run_dir
 
 
@@ -52,6 +53,9 @@ def test_every_task_is_left_out_and_reached_from_the_others_supervised_set(novel
         assert set(sources) <= set(supervised) and row["task"] not in sources
         assert 0 <= float(row["all_for_one_quality"]) <= 1 and row["random_transfer"] == "random"
     assert (novel_run / "novel.png").stat().st_size > 10_000
+    page = (novel_run / "report" / "index.html").read_text()
+    section = page.split('<section id="novel">')[1].split("</section>")[0]
+    assert all(f"<td>{r['task']}</td>" in section for r in rows) and 'src="novel.png"' in section
 
 
 @pytest.mark.parametrize(("args", "says"), [(["--budget", "-1"], "--budget"), (["--max-order", "0"], "--max-order")])
