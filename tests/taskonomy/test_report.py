@@ -202,7 +202,8 @@ def test_missing_inputs_are_not_available_lines(tmp_path):
                  "Time per stage", "config.yaml"):
         assert f"{what}: not available" in text, what
     assert "Taxonomies by budget (budget_taxonomies.json): not available (run `taskonomy evaluate`)" in text
-    assert page.images == []  # the report draws nothing a stage did not
+    # the report draws nothing a stage did not, but the task tree it clusters from affinity.csv (no BIP)
+    assert page.images == ["task_tree.png"]
 
 
 def test_the_taxonomies_evaluate_drew_are_shown_with_captions_from_their_listing(tmp_path):
@@ -214,7 +215,7 @@ def test_the_taxonomies_evaluate_drew_are_shown_with_captions_from_their_listing
     listing = json.loads(run.budget_taxonomies.read_text())
     page = Page(run_dir / REPORT_DIR / "index.html")
     names = [run.budget_taxonomy(b).name for b in (1, 3, 5)]
-    assert page.images == [*names, "evaluation_curves.png", "evaluation_taxonomies.png"]
+    assert page.images == ["task_tree.png", *names, "evaluation_curves.png", "evaluation_taxonomies.png"]
     text = page.section_text()
     first = listing["taxonomies"][0]
     assert (f"Taxonomy at budget 1, max order 2: supervise {', '.join(first['supervised'])}; objective "
