@@ -134,3 +134,18 @@ def test_a_run_without_losses_is_one_line(faults_run, tmp_path, capsys):
     run_dir = copy_run(reference, tmp_path, "transfers.zarr")
     assert cli(config, run_dir, "significance") == 2
     assert "transfers.zarr" in one_line(capsys) and not (run_dir / "significance.csv").exists()
+
+
+def test_the_published_affinities_are_scored_by_the_release_win_rates_and_beat_chance(tmp_path, capsys):
+    from taskonomy.cli import main
+
+    run_dir = tmp_path / "p16k"
+    assert main(["-q", "--run-dir", str(run_dir), "published"]) == 0
+    assert main(["-q", "--run-dir", str(run_dir), "significance", "--budgets", "4", "--max-order", "1",
+                 "--policies", "200"]) == 0
+    with (run_dir / "significance.csv").open() as handle:
+        [row] = list(csv.DictReader(handle))
+    assert float(row["beats_gain"]) == 1.0 and float(row["beats_quality"]) == 1.0  # 100% measured at budget 4
+    for command in ("stability", "novel"):  # these need per-image losses, which the release has not
+        assert main(["-q", "--run-dir", str(run_dir), command]) == 2
+        assert "published Taskonomy results" in one_line(capsys)
