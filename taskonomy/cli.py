@@ -391,6 +391,9 @@ def transfer(ctx: Context, force: bool, scheduler: str | None) -> None:
     run_dir = ctx.prepare_run_dir()
     start = time.perf_counter()
     outcome = run_transfer(config, run_dir, force=force, progress=ctx.progress)
+    if config.transfer.screen:
+        _say(ctx, f"transfer: screened by {config.transfer.screen.estimator} in {outcome.screen_seconds:.1f} s, "
+                  f"{sum(outcome.screened.values())} transfers screened out (see {RunFolder(run_dir).screen})")
     _report(ctx, "transfer", {t: outcome.describe(t) for t in outcome.trained}, RunFolder(run_dir).transfers, start)
 
 
@@ -704,6 +707,81 @@ def science(ctx: Context, budgets: str) -> None:
             f"{k} {v:.1f} s" for k, v in result.timings.items()) + f"; total {sum(result.timings.values()):.1f} s")
     echo(f"science: {sum(g.passed for g in result.goals)} of {len(result.goals)} goals pass -> "
          f"{', '.join(str(p) for p in paths)}")
+
+
+@cli.command()
+@click.option("--policies", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Random feasible policies per budget and max order.")
+@click.option("--budgets", default=None, metavar="B,B,...", help="Budgets to test [1..number of sources].")
+@click.option("--max-order", type=click.IntRange(1, 8), default=None, help="Max orders 1..K [config: 3].")
+@click.option("--seed", type=int, default=None, help="Seed of the random policies [config: seed].")
+@click.pass_obj
+def significance(ctx: Context, policies: int, budgets: str | None, max_order: int | None, seed: int | None) -> None:
+    """The taxonomy against random feasible policies (the paper's Figure 11): significance.csv and .png."""
+    from taskonomy.taxonomy.significance import beats, run_significance
+
+    chosen = _budgets(budgets) if budgets is not None else None
+    _say(ctx, f"significance: {'budget':>6} {'order':>5} {'gain':>6} {'random 5-95%':>13} {'beats':>6} "
+              f"{'quality':>7} {'random 5-95%':>13} {'beats':>6}")
+
+    def row(s) -> None:
+        cells = [f"{s.taxonomy[k]:>{w}.3f} {s.band(m, 0.05):>6.3f}-{s.band(m, 0.95):.3f} {s.beaten(m):>6.1%}"
+                 for k, m, w in ((0, "gain", 6), (1, "quality", 7))]
+        _say(ctx, f"significance: {s.budget:>6g} {s.max_order:>5} {' '.join(cells)}{'  ' + s.note if s.note else ''}")
+
+    results, paths = run_significance(ctx.config, ctx.run_dir, policies=policies, budgets=chosen,
+                                      max_order=max_order, seed=seed, progress=row)
+    for order, hits in beats(results).items():
+        _say(ctx, f"significance: max order {order}: beats 95% of random policies on gain at budgets "
+                  f"{_listed(hits['gain'])}, on quality at {_listed(hits['quality'])}")
+    _say(ctx, f"significance: {len(results)} points -> {', '.join(str(p) for p in paths)}")
+
+
+def _listed(budgets: list[float]) -> str:
+    return ", ".join(f"{b:g}" for b in budgets) or "none"
+
+
+@cli.command()
+@click.option("--budget", type=click.FloatRange(min=0), default=None, help="Budget of the others' taxonomy [config].")
+@click.option("--max-order", type=click.IntRange(1, 8), default=None, help="Max order [config: 3].")
+@click.pass_obj
+def novel(ctx: Context, budget: float | None, max_order: int | None) -> None:
+    """Each task left out in turn (AHP recomputed without it), reached by all-for-one from the others' taxonomy
+    (the paper's Figure 10): novel.csv and novel.png."""
+    from taskonomy.taxonomy.novel import POLICIES, mean_scores, run_novel
+
+    def row(r) -> None:
+        cells = ", ".join(f"{p} {r.transfers[p] or '-'} {r.scores[p][0]:.3f}/{r.scores[p][1]:.3f}" for p in POLICIES)
+        _say(ctx, f"novel: {r.task:<18} (others supervise {', '.join(r.supervised) or r.status}): {cells}")
+
+    results, paths = run_novel(ctx.config, ctx.run_dir, budget=budget, max_order=max_order, progress=row)
+    means = mean_scores(results)
+    _say(ctx, "novel: mean gain/quality: " + ", ".join(f"{p} {g:.3f}/{q:.3f}" for p, (g, q) in means.items()))
+    _say(ctx, f"novel: {len(results)} tasks -> {', '.join(str(p) for p in paths)}")
+
+
+@cli.command()
+@click.option("--resamples", type=click.IntRange(min=1), default=None,
+              help="Bootstrap resamples of the test images [config: ahp.resamples].")
+@click.option("--budgets", default=None, metavar="B,B,...", help="Budgets to solve [1..5].")
+@click.option("--max-order", type=click.IntRange(1, 8), default=None, help="Max order [config: 3].")
+@click.pass_obj
+def stability(ctx: Context, resamples: int | None, budgets: str | None, max_order: int | None) -> None:
+    """The taxonomy solved again on bootstrap resamples of the test images: how often the supervised set and each
+    target's transfer stay the same; stability.csv and stability.json."""
+    from taskonomy.taxonomy.stability import run_stability
+
+    chosen = _budgets(budgets) if budgets is not None else None
+
+    def row(s) -> None:
+        shaky = sorted(s.same_transfer.items(), key=lambda item: item[1])[:3]
+        _say(ctx, f"stability: budget {s.budget:g}: supervise {', '.join(s.supervised) or s.status}; same set in "
+                  f"{s.same_set:.1%} of {s.resamples} resamples; same transfer {s.mean_same_transfer:.1%} on average"
+                  + (f", least: {', '.join(f'{t} {v:.0%}' for t, v in shaky)}" if shaky else ""))
+
+    results, paths = run_stability(ctx.config, ctx.run_dir, resamples=resamples, budgets=chosen,
+                                   max_order=max_order, progress=row)
+    _say(ctx, f"stability: {len(results)} budgets -> {', '.join(str(p) for p in paths)}")
 
 
 @cli.command()

@@ -74,6 +74,15 @@ FILES = {
     "estimate_agreement_csv": "estimate_agreement.csv",  # ... each estimator against AHP and the published set
     "estimate_agreement_json": "estimate_agreement.json",
     "estimate_agreement_figure": "estimate_agreement.png",
+    "screen": "screen.csv",  # stage II with transfer.screen: every candidate transfer, its score, tried or screened out
+    "significance_csv": "significance.csv",  # `taskonomy significance`: the taxonomy against random policies
+    "significance_figure": "significance.png",
+    "stability_csv": "stability.csv",  # `taskonomy stability`: the taxonomy over bootstrap resamples, per target
+    "stability_json": "stability.json",  # ... per budget: how often the supervised set stays the same
+    "novel_csv": "novel.csv",  # `taskonomy novel`: each task left out in turn, reached by all-for-one
+    "novel_figure": "novel.png",
+    "task_tree": "task_tree.png",  # in report/: the task-similarity tree beside the published one
+    "affinity_distance": "affinity_distance.png",  # in report/: the affinities as exp(-20 P), the paper's Figure 7
     "report": "report",
 }
 # Which command rebuilds each store (for one-line errors).
