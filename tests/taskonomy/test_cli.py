@@ -22,12 +22,13 @@ def test_python_dash_m_and_help():
 
 
 def test_data_on_tiny_config_writes_a_complete_store_and_saves_the_config(tmp_path):
-    result = run("--config", "configs/tiny.yaml", "--run-dir", str(tmp_path / "run"), "data")
+    small = ("--config", "configs/tiny.yaml", "--set", "data.n_scenes=16")  # 64 images: the CLI, not the renderer
+    result = run(*small, "--run-dir", str(tmp_path / "run"), "data")
     assert result.returncode == 0, result.stderr
     assert "built" in result.stderr
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert saved["name"] == "tiny" and saved["data"]["image_size"] == 32
-    again = run("--config", "configs/tiny.yaml", "--run-dir", str(tmp_path / "run"), "data")
+    assert saved["name"] == "tiny" and saved["data"]["image_size"] == 32 and saved["data"]["n_scenes"] == 16
+    again = run(*small, "--run-dir", str(tmp_path / "run"), "data")
     assert again.returncode == 0 and "up to date" in again.stderr
     # without --config the folder's own config.yaml is the config (not the built-in defaults), and stays as it is
     before = (tmp_path / "run" / "config.yaml").read_bytes()
