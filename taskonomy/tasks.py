@@ -14,8 +14,8 @@ from taskonomy import TaskonomyError
 
 __all__ = [
     "CHROMA_EDGES", "GROUPS", "HEADS", "MODALITIES", "N_CHROMA_BINS", "N_OBJECT_CLASSES", "N_SEMANTIC", "N_JIGSAW",
-    "OBJECT_CLASSES",
-    "ROOM_TYPES", "Task", "all_tasks", "get", "register", "resolve_alias", "unregister", "validate_name",
+    "OBJECT_CLASSES", "ROOM_TYPES", "Task", "all_tasks", "control_names", "get", "register", "resolve_alias",
+    "unregister", "validate_name",
 ]
 
 GROUPS = ("low-level", "2D", "3D", "semantic", "multi-view", "control", "added")  # added: by add-target
@@ -140,6 +140,11 @@ def get(name: str) -> Task:
 def all_tasks() -> list[Task]:
     """Every registered task, in registration order."""
     return list(_REGISTRY.values())
+
+
+def control_names() -> tuple[str, ...]:
+    """The control sources (random, pixels): sources only, left out wherever real tasks are compared."""
+    return tuple(t.name for t in _REGISTRY.values() if t.group == "control")
 
 
 def _builtin() -> None:

@@ -154,7 +154,7 @@ def agreement(a: Side, b: Side) -> list[Agreement]:
 
 def _common_tasks(a: Side, b: Side) -> tuple[list[str], list[str]]:
     """(sources, targets) both sides have: first-order sources but the controls, and target rows."""
-    controls = {t.name for t in registry.all_tasks() if t.group == "control"}
+    controls = set(registry.control_names())
     targets = [t for t in a.rows if t in b.rows]
 
     def sources(side: Side) -> set[str]:

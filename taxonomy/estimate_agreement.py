@@ -118,10 +118,6 @@ def estimator_side(table, how=normalise) -> Side:
     return Side(table.estimator, {t: how(table.row(t)) for t in table.targets if table.row(t)})
 
 
-def _controls() -> set[str]:
-    return {t.name for t in registry.all_tasks() if t.group == "control"}
-
-
 def _common(a: Side, b: Side) -> tuple[list[str], list[str]]:
     """(sources, targets) of the BIP: first-order sources (and targets with `full`) on both sides, controls left
     out, in registry order; targets with a row on both sides."""
@@ -130,7 +126,8 @@ def _common(a: Side, b: Side) -> tuple[list[str], list[str]]:
                                                                        if "full" in row}
 
     order = {t.name: i for i, t in enumerate(registry.all_tasks())}
-    found = sorted((sources(a) & sources(b)) - _controls(), key=lambda s: (order.get(s, len(order)), s))
+    shared = (sources(a) & sources(b)) - set(registry.control_names())
+    found = sorted(shared, key=lambda s: (order.get(s, len(order)), s))
     return found, [t for t in a.rows if t in b.rows]
 
 

@@ -68,10 +68,6 @@ class Goal:
         return [c.target for c in self.checks if not c.passed]
 
 
-def _controls() -> set[str]:
-    return {t.name for t in registry.all_tasks() if t.group == "control"}
-
-
 def _group(name: str) -> str | None:
     try:
         return registry.get(name).group
@@ -106,7 +102,7 @@ def _mean_test(table: TargetLosses, names: Sequence[str]) -> dict[str, float]:
 
 
 def _first_order_rows(table: TargetLosses, controls: bool = True) -> list[str]:
-    return table.first_order(() if controls else tuple(_controls()))
+    return table.first_order(() if controls else registry.control_names())
 
 
 def _best_source(table: TargetLosses) -> tuple[str, str]:

@@ -35,10 +35,6 @@ __all__ = ["Affinity", "hyperedges", "make_problem", "published_scorer", "read_a
            "report_budgets", "run_all_for_one", "run_evaluate", "run_solve", "solve_policy", "sweep_policies",
            "with_overrides"]
 
-def _controls() -> set[str]:
-    return {t.name for t in registry.all_tasks() if t.group == "control"}
-
-
 @dataclass(frozen=True)
 class Affinity:
     """affinity.csv: the targets (rows), every tried transfer but scratch, and every task seen as a source."""
@@ -128,7 +124,7 @@ def with_overrides(config: Config, **overrides: Any) -> Config:
 
 def make_problem(affinity: Affinity, cfg: TaxonomyConfig, budget: float, max_order: int) -> Problem:
     """The BIP instance for the configured sources, targets, importance and cost, up to `max_order`."""
-    controls = _controls()
+    controls = set(registry.control_names())
     if cfg.sources == "all":
         sources = [s for s in affinity.sources if s not in controls]
     else:

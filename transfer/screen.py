@@ -36,7 +36,7 @@ from taskonomy.tasks import Task
 
 __all__ = ["COLUMNS", "CONTROLS", "Screen", "ScreenRow", "open_screen", "write_screen_table"]
 
-CONTROLS = tuple(t.name for t in registry.all_tasks() if t.group == "control")
+CONTROLS = registry.control_names()
 COLUMNS = ["target", "transfer", "order", "estimator", "score", "rank", "decision"]
 TRIED, CONTROL, SCREENED_OUT = "tried", "control", "screened out"
 
