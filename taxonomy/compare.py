@@ -31,8 +31,8 @@ from taskonomy import artifacts
 from taskonomy import tasks as registry
 from taskonomy.runfolder import RunFolder, save_figure, write_csv, write_json
 
-__all__ = ["Agreement", "BudgetAgreement", "Comparison", "Side", "agreement", "compare", "mean_spearman", "open_side",
-           "run_compare", "similarity_tree", "similarity_trees"]
+__all__ = ["Agreement", "BudgetAgreement", "Comparison", "Side", "agreement", "common_tasks", "compare",
+           "first_order_problem", "mean_spearman", "open_side", "run_compare", "similarity_tree", "similarity_trees"]
 
 PUBLISHED = "published"
 
@@ -152,7 +152,7 @@ def agreement(a: Side, b: Side) -> list[Agreement]:
     return rows
 
 
-def _common_tasks(a: Side, b: Side) -> tuple[list[str], list[str]]:
+def common_tasks(a: Side, b: Side) -> tuple[list[str], list[str]]:
     """(sources, targets) both sides have: first-order sources but the controls, and target rows."""
     controls = set(registry.control_names())
     targets = [t for t in a.rows if t in b.rows]
@@ -166,7 +166,7 @@ def _common_tasks(a: Side, b: Side) -> tuple[list[str], list[str]]:
     return sorted(found, key=lambda s: (order.index(s) if s in order else len(order), s)), targets
 
 
-def _problem(side: Side, sources: list[str], targets: list[str], budget: int):
+def first_order_problem(side: Side, sources: Sequence[str], targets: Sequence[str], budget: float):
     """Max order 1 over the common tasks, the hyperedges of `taskonomy solve` (taxonomy.stage.hyperedges)."""
     from taskonomy.taxonomy.bip import Problem, Transfer  # here: the report reads agreement() and solves nothing
     from taskonomy.taxonomy.stage import hyperedges
@@ -179,7 +179,7 @@ def _problem(side: Side, sources: list[str], targets: list[str], budget: int):
 def _supervised(side: Side, sources: list[str], targets: list[str], budget: int) -> tuple[str, ...]:
     from taskonomy.taxonomy.bip import solve
 
-    solution = solve(_problem(side, sources, targets, budget))
+    solution = solve(first_order_problem(side, sources, targets, budget))
     return solution.supervised if solution.status in ("optimal", "feasible") else ()
 
 
@@ -203,7 +203,7 @@ def similarity_tree(side: Side, tasks: list[str], targets: list[str]) -> np.ndar
 
 def compare(a: Side, b: Side, max_budget: int = 5) -> Comparison:
     """Everything `taskonomy compare` reports about two sides."""
-    sources, targets = _common_tasks(a, b)
+    sources, targets = common_tasks(a, b)
     if not targets:
         raise TaskonomyError(f"{a.name} and {b.name} have no target in common")
     budgets = []
@@ -220,7 +220,7 @@ def similarity_trees(a: Side, b: Side) -> tuple[list[str], tuple[np.ndarray, np.
     empty below 3 tasks, and the Pearson correlation of their cophenetic distances, NaN when undefined)."""
     from scipy.cluster.hierarchy import cophenet
 
-    sources, targets = _common_tasks(a, b)
+    sources, targets = common_tasks(a, b)
     tasks = [s for s in sources if sum(1 for t in targets if t != s) > 0]
     trees = (np.zeros((0, 4)), np.zeros((0, 4)))
     correlation = math.nan

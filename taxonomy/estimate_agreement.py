@@ -29,9 +29,8 @@ from typing import Any
 import numpy as np
 
 from taskonomy import TaskonomyError
-from taskonomy import tasks as registry
 from taskonomy.runfolder import RunFolder, save_figure, write_csv, write_json
-from taskonomy.taxonomy.compare import Agreement, Side, agreement, open_side
+from taskonomy.taxonomy.compare import Agreement, Side, agreement, common_tasks, first_order_problem, open_side
 
 __all__ = ["AgreementOutputs", "BudgetMatch", "EstimatorAgreement", "estimator_side", "measure", "normalise",
            "prepare_agreement", "readout_reference", "run_agreement", "taxonomy_at", "tournament",
@@ -118,32 +117,15 @@ def estimator_side(table, how=normalise) -> Side:
     return Side(table.estimator, {t: how(table.row(t)) for t in table.targets if table.row(t)})
 
 
-def _common(a: Side, b: Side) -> tuple[list[str], list[str]]:
-    """(sources, targets) of the BIP: first-order sources (and targets with `full`) on both sides, controls left
-    out, in registry order; targets with a row on both sides."""
-    def sources(side: Side) -> set[str]:
-        return {s for t in side.rows for s in side.first_order(t)} | {t for t, row in side.rows.items()
-                                                                       if "full" in row}
-
-    order = {t.name: i for i, t in enumerate(registry.all_tasks())}
-    shared = (sources(a) & sources(b)) - set(registry.control_names())
-    found = sorted(shared, key=lambda s: (order.get(s, len(order)), s))
-    return found, [t for t in a.rows if t in b.rows]
-
-
 def taxonomy_at(side: Side, sources: Sequence[str], targets: Sequence[str], budget: float):
     """The BIP's solution at max order 1 over `side`'s rows (taxonomy.stage.hyperedges, as `taskonomy solve`)."""
-    from taskonomy.taxonomy.bip import Problem, Transfer, solve
-    from taskonomy.taxonomy.stage import hyperedges
+    from taskonomy.taxonomy.bip import solve
 
-    edges = hyperedges({t: side.rows[t] for t in targets})
-    transfers = tuple(Transfer(s, t, value) for (s, t), (value, _) in edges.items()
-                      if len(s) == 1 and s[0] in sources)
-    return solve(Problem(tuple(sources), tuple(targets), transfers, float(budget)))
+    return solve(first_order_problem(side, sources, targets, budget))
 
 
 def _budget_matches(ahp: Side, estimator: Side, budgets: int) -> list[BudgetMatch]:
-    sources, targets = _common(ahp, estimator)
+    sources, targets = common_tasks(ahp, estimator)
     targets = [t for t in targets if estimator.rows[t]]
     if not targets:  # an estimator that scored nothing (ridge without a validation part): no taxonomy to compare
         return []
