@@ -185,14 +185,15 @@ def complete_targets(run_dir: str | os.PathLike) -> list[str]:
 
 
 def read_losses(run_dir: str | os.PathLike, targets: Sequence[str] | None = None,
-                purpose: str = "the results") -> LossTable:
-    """Per-image test losses of `targets` (default: every target of the store) from a complete transfers.zarr.
+                purpose: str = "the results", store_path: str | os.PathLike | None = None) -> LossTable:
+    """Per-image test losses of `targets` (default: every target of the store) from a complete transfers.zarr
+    (or the loss store at `store_path`, e.g. a second readout seed's).
 
     A target not complete there is left out with a TaskonomyWarning (`purpose` says from what).
     """
     from taskonomy.store import open_complete
 
-    path = RunFolder(run_dir).transfers
+    path = RunFolder(run_dir).transfers if store_path is None else Path(store_path)
     rebuild = REBUILD["transfers"]
     with _damage_named(path, rebuild):
         root = open_complete(path, rebuild)

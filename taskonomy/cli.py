@@ -765,13 +765,19 @@ def novel(ctx: Context, budget: float | None, max_order: int | None) -> None:
               help="Bootstrap resamples of the test images [config: ahp.resamples].")
 @click.option("--budgets", default=None, metavar="B,B,...", help="Budgets to solve [1..5].")
 @click.option("--max-order", type=click.IntRange(1, 8), default=None, help="Max order [config: 3].")
+@click.option("--readout-seeds", "seeds", default=None, metavar="S,S,...",
+              help="Also train stage II again under these readout seeds (transfer.seed; into transfers.seed<S>.zarr) "
+                   "and solve the BIP on each one's affinities.")
 @click.pass_obj
-def stability(ctx: Context, resamples: int | None, budgets: str | None, max_order: int | None) -> None:
-    """The taxonomy solved again on bootstrap resamples of the test images: how often the supervised set and each
-    target's transfer stay the same; stability.csv and stability.json."""
+def stability(ctx: Context, resamples: int | None, budgets: str | None, max_order: int | None,
+              seeds: str | None) -> None:
+    """The taxonomy solved again on bootstrap resamples of the test images (and on stage II under other readout
+    seeds): how often the supervised set and each target's transfer stay the same; stability.csv and
+    stability.json."""
     from taskonomy.taxonomy.stability import run_stability
 
     chosen = _budgets(budgets) if budgets is not None else None
+    readout_seeds = _seeds(seeds) if seeds is not None else ()
 
     def row(s) -> None:
         shaky = sorted(s.same_transfer.items(), key=lambda item: item[1])[:3]
@@ -780,8 +786,27 @@ def stability(ctx: Context, resamples: int | None, budgets: str | None, max_orde
                   + (f", least: {', '.join(f'{t} {v:.0%}' for t, v in shaky)}" if shaky else ""))
 
     results, paths = run_stability(ctx.config, ctx.run_dir, resamples=resamples, budgets=chosen,
-                                   max_order=max_order, progress=row)
+                                   max_order=max_order, readout_seeds=readout_seeds, progress=row,
+                                   train_progress=ctx.progress)
+    if readout_seeds:
+        import json
+
+        doc = json.loads(Path(paths[1]).read_text())
+        for entry in doc["budgets"]:
+            seeds_part = entry["seeds"]
+            _say(ctx, f"stability: budget {entry['budget']:g} under readout seeds {seeds}: same set in "
+                      f"{seeds_part['same_set']:.0%}, same transfer {seeds_part['mean_same_transfer']:.0%} on average")
     _say(ctx, f"stability: {len(results)} budgets -> {', '.join(str(p) for p in paths)}")
+
+
+def _seeds(value: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise TaskonomyError(f"--readout-seeds: expected a comma list of integers >= 0, got {value!r}") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise TaskonomyError(f"--readout-seeds: expected distinct integers >= 0, got {value!r}")
+    return seeds
 
 
 @cli.command()

@@ -328,6 +328,9 @@ class TransferConfig(_Strict):
                               "readout training; the beam ranks first-order sources on them")
     screen: ScreenConfig | None = Field(None, description="{estimator, keep, beam}: train only the readouts the "
                                         "estimator ranks best; none = every readout")
+    seed: int | None = Field(None, ge=0, lt=2**63, description="seed of the readouts and scratch networks "
+                             "(initialisation, batch order); none = the run's seed. Scenes, splits, the validation "
+                             "part and stage I keep the run's seed")
 
     @field_validator("targets")
     @classmethod

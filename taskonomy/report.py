@@ -439,26 +439,44 @@ def _stability_section(run: RunFolder) -> str:
     def pct(value: Any) -> str:
         return "-" if value is None else f"{float(value):.0%}"
 
+    seeds = doc.get("readout_seeds") or []
+    named = ", ".join(str(s) for s in seeds)
+
+    def under_seeds(b: dict[str, Any]) -> list[str]:
+        part = b.get("seeds") or {}
+        return [pct(part.get("same_set")), pct(part.get("mean_same_transfer")),
+                "; ".join(f"{', '.join(s['supervised'])}" for s in part.get("sets", [])
+                          if s["supervised"] != b["supervised"]) or "-"] if seeds else []
+
     budgets = [[f"{float(b['budget']):g}", ", ".join(b["supervised"]) or b["status"], pct(b["same_set"]),
                 pct(b["mean_same_transfer"]),
                 "; ".join(f"{', '.join(s['supervised'])} {pct(s['share'])}" for s in b["sets"]
-                          if s["supervised"] != b["supervised"]) or "-"] for b in doc["budgets"]]
+                          if s["supervised"] != b["supervised"]) or "-", *under_seeds(b)] for b in doc["budgets"]]
     own = _own_taxonomy(run)
     listed = [float(b["budget"]) for b in doc["budgets"]]
     chosen = own[0] if own and own[0] in listed else (listed[0] if listed else None)
     _, rows = _read_csv(run.stability_csv)
     per_target = [[r["target"], r["transfer"], pct(r["same_transfer"]),
-                   f"{r['runner_up']} {pct(r['runner_up_share'])}" if r["runner_up"] else "-"]
+                   f"{r['runner_up']} {pct(r['runner_up_share'])}" if r["runner_up"] else "-",
+                   *([pct(r.get("same_transfer_seeds") or None), r.get("seeds_runner_up") or "-"] if seeds else [])]
                   for r in rows if chosen is not None and float(r["budget"]) == chosen]
+    seed_columns = [f"same set, readout seeds {named}", f"same transfer, readout seeds {named}",
+                    "sets under those seeds"] if seeds else []
     return (f"<p>The BIP solved again on each of {_e(doc['resamples'])} bootstrap resamples of the test images "
             f"(the resamples of the affinity intervals above; <code>taskonomy stability</code>, "
             f"{_e(run.stability_json.name)}): how often the supervised set and each target's transfer come out as "
-            f"in the taxonomy. A resample on which the BIP finds no policy counts as a change.</p>"
-            + _table(["budget", "supervised", "same set", "same transfer (mean over targets)", "other sets"], budgets,
+            f"in the taxonomy. A resample on which the BIP finds no policy counts as a change."
+            + (f" Also on stage II trained again under readout seed{'s' if len(seeds) > 1 else ''} {_e(named)} "
+               f"(<code>--readout-seeds</code>: the readouts' and scratch networks' initialisation and batch order; "
+               f"the same images and stage I networks): the share of those seeds that keep the set and the "
+               f"transfers." if seeds else "") + "</p>"
+            + _table(["budget", "supervised", "same set", "same transfer (mean over targets)", "other sets",
+                      *seed_columns], budgets,
                      [b["same_set"] is not None and float(b["same_set"]) < 0.5 for b in doc["budgets"]])
             + (f"<h3>Per target at budget {chosen:g}</h3>" + _table(
-                ["target", "transfer", "same transfer", "most frequent other"], per_target,
-                [float(r["same_transfer"]) < 0.5 for r in rows if float(r["budget"]) == chosen])
+                ["target", "transfer", "same transfer", "most frequent other",
+                 *([f"same transfer, readout seeds {named}", "other under those seeds"] if seeds else [])],
+                per_target, [float(r["same_transfer"]) < 0.5 for r in rows if float(r["budget"]) == chosen])
                if per_target else ""))
 
 

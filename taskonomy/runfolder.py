@@ -128,6 +128,10 @@ class RunFolder:
         """taxonomy_budget_<b>.png: the taxonomy `evaluate` draws at budget b."""
         return self.path / f"taxonomy_budget_{budget:g}.png"
 
+    def seed_transfers(self, seed: int) -> Path:
+        """transfers.seed<s>.zarr: stage II's losses under another readout seed, beside the run's own (stability)."""
+        return self.path / f"transfers.seed{int(seed)}.zarr"
+
 
 def format_version(run_dir: str | os.PathLike) -> int | None:
     """The folder's format version; 0 for a folder an older version made (config but no format file);

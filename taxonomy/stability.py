@@ -1,6 +1,8 @@
-"""Would the taxonomy come out the same again? The BIP solved anew on the affinities of bootstrap resamples.
+"""Would the taxonomy come out the same again? The BIP solved anew on the affinities of bootstrap resamples, and
+on those of stage II trained again under other readout seeds.
 
-    taskonomy --run-dir runs/default stability [--resamples 200] [--budgets 1,2,3,4,5] [--max-order 3]
+    taskonomy --run-dir runs/default stability [--resamples 200] [--budgets 1,2,3,4,5] [--max-order 3] \
+        [--readout-seeds 1]
 
 Stage III's bootstrap (ahp.kernels.bootstrap with the run's seed: every target sees the same resampled test
 images, and the first N resamples are the first N of affinity_ci.csv's) gives each target's AHP affinities on each
@@ -8,6 +10,12 @@ resample of the test images; each resample's affinities go through the BIP exact
 (taxonomy.stage: the same hyperedges, sources, targets, importance and cost). Per budget: how often the chosen
 supervised set is the taxonomy's, and per target how often its chosen transfer is the taxonomy's. A resample on
 which the BIP finds no policy counts as a change.
+
+`--readout-seeds S,...`: stage II again with `transfer.seed` S (the readouts' and scratch networks' initialisation
+and batch order; scenes, splits, the validation part and stage I unchanged), its losses stored beside the run's in
+transfers.seed<S>.zarr (stamped and resumed as transfers.zarr is: asking again trains nothing), then AHP's point
+affinities and the BIP on them, compared as a resample is. The beam picks its higher orders anew under each seed,
+so a chosen higher-order transfer may not exist there: that counts as a change too.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from taskonomy.config import Config
 from taskonomy.runfolder import RunFolder, write_csv, write_json
 from taskonomy.taxonomy.bip import Problem, solve
 
-__all__ = ["COLUMNS", "BudgetStability", "resampled_affinities", "run_stability", "stability"]
+__all__ = ["COLUMNS", "BudgetStability", "resampled_affinities", "run_stability", "seed_affinities", "stability"]
 
 Rows = Mapping[str, Mapping[str, float]]  # target -> affinity column -> affinity
 _SHOWN = 3  # the most frequent supervised sets listed per budget
@@ -98,15 +106,45 @@ def stability(problem_at: Callable[[Rows | None, float], Problem], resampled: Se
     return out
 
 
-COLUMNS = ["budget", "max_order", "target", "transfer", "same_transfer", "runner_up", "runner_up_share"]
+COLUMNS = ["budget", "max_order", "target", "transfer", "same_transfer", "runner_up", "runner_up_share",
+           "same_transfer_seeds", "seeds_runner_up"]
+
+
+def seed_affinities(config: Config, run_dir: str | Path, seeds: Sequence[int], targets: Sequence[str],
+                    progress: bool = False) -> list[dict[str, dict[str, float]]]:
+    """Per readout seed: target -> transfer -> AHP affinity, from stage II trained again under that seed into
+    transfers.seed<S>.zarr (kept rows reused by their stamps)."""
+    from taskonomy import artifacts
+    from taskonomy.ahp.kernels import affinities
+    from taskonomy.transfer.stage import run_transfer, stage_seed
+
+    run, own = RunFolder(run_dir), stage_seed(config)
+    if own in seeds:
+        raise TaskonomyError(f"--readout-seeds: {own} is the run's own readout seed (transfer.seed, else seed); "
+                             f"name other seeds")
+    out = []
+    for seed in seeds:
+        again = config.model_copy(update={"transfer": config.transfer.model_copy(update={"seed": int(seed)})})
+        path = run.seed_transfers(seed)
+        run_transfer(again, run_dir, progress=progress, store_path=path)
+        table = artifacts.read_losses(run_dir, targets, purpose=f"readout seed {seed}", store_path=path)
+        missing = [t for t in targets if t not in table.targets]
+        if missing:
+            raise TaskonomyError(f"target {missing[0]} has no complete losses in {path}")
+        found = list(table.targets.values())
+        result = affinities([t.losses for t in found], config.ahp.tolerance, config.ahp.max_iter)
+        out.append({t.target: dict(zip(t.transfers, v.tolist())) for t, v in zip(found, result.vectors)})
+    return out
 
 
 def run_stability(config: Config, run_dir: str | Path, *, resamples: int | None = None,
                   budgets: Sequence[float] | None = None, max_order: int | None = None,
-                  progress: Callable[[BudgetStability], None] | None = None) -> tuple[list[BudgetStability],
-                                                                                        list[Path]]:
+                  readout_seeds: Sequence[int] = (),
+                  progress: Callable[[BudgetStability], None] | None = None,
+                  train_progress: bool = False) -> tuple[list[BudgetStability], list[Path]]:
     """Resample the test images, solve the BIP on each resample's affinities at every budget (default 1..5, as far
-    as there are sources); write stability.csv (per target) and stability.json (per budget)."""
+    as there are sources), and on each other readout seed's; write stability.csv (per target) and stability.json
+    (per budget)."""
     from taskonomy import artifacts
     from taskonomy.taxonomy.bip import Transfer
     from taskonomy.taxonomy.stage import hyperedges, make_problem, read_affinity
@@ -127,6 +165,9 @@ def run_stability(config: Config, run_dir: str | Path, *, resamples: int | None 
     resampled = resampled_affinities(list(table.targets.values()), count, config.seed, config.ahp.confidence,
                                      config.ahp.tolerance, config.ahp.max_iter)
 
+    seeded = seed_affinities(config, run_dir, readout_seeds, affinity.targets, train_progress) if readout_seeds \
+        else []
+
     def problem_at(rows: Rows | None, budget: float) -> Problem:
         if rows is None:
             return make_problem(affinity, cfg, budget, top)
@@ -134,22 +175,38 @@ def run_stability(config: Config, run_dir: str | Path, *, resamples: int | None 
         transfers = [Transfer(sources, target, value) for (sources, target), (value, _) in edges.items()]
         return make_problem(dataclasses.replace(affinity, transfers=transfers), cfg, budget, top)
 
-    results = []
+    results, by_seed = [], []
     for budget in budgets:
         results += stability(problem_at, resampled, [budget], top, cfg.solver, cfg.time_limit)
+        if seeded:
+            by_seed += stability(problem_at, seeded, [budget], top, cfg.solver, cfg.time_limit)
         if progress:
             progress(results[-1])
-    rows = [[s.budget, s.max_order, t, name, s.same_transfer[t], *s.runner_up.get(t, (None, None))]
-            for s in results for t, name in s.policy.items()]
+    rows = []
+    for i, s in enumerate(results):
+        other = by_seed[i] if seeded else None
+        for t, name in s.policy.items():
+            seeds = [other.same_transfer[t], other.runner_up.get(t, (None,))[0]] if other else [None, None]
+            rows.append([s.budget, s.max_order, t, name, s.same_transfer[t], *s.runner_up.get(t, (None, None)),
+                         *seeds])
     run = RunFolder(run_dir)
-    return results, [write_csv(run.stability_csv, COLUMNS, rows, digits=6),
-                     write_json(run.stability_json, _summary(results, count, config.seed))]
+    summary = _summary(results, count, config.seed)
+    if seeded:
+        summary["readout_seeds"] = [int(s) for s in readout_seeds]
+        for entry, s in zip(summary["budgets"], by_seed):
+            entry["seeds"] = {"same_set": _number(s.same_set), "mean_same_transfer": _number(s.mean_same_transfer),
+                              "sets": [{"supervised": list(names), "share": round(share, 6)}
+                                       for names, share in s.sets],
+                              "same_transfer": {t: round(v, 6) for t, v in s.same_transfer.items()}}
+    return results, [write_csv(run.stability_csv, COLUMNS, rows, digits=6), write_json(run.stability_json, summary)]
+
+
+def _number(value: float) -> float | None:
+    return None if math.isnan(value) else round(value, 6)
 
 
 def _summary(results: Sequence[BudgetStability], resamples: int, seed: int) -> dict[str, Any]:
-    def number(value: float) -> float | None:
-        return None if math.isnan(value) else round(value, 6)
-
+    number = _number
     return {"resamples": resamples, "seed": seed,
             "note": "bootstrap resamples of the test images, as stage III's affinity intervals; a resample on which "
                     "the BIP finds no policy counts as a change",

@@ -45,7 +45,7 @@ from taskonomy.transfer.screen import open_screen, write_screen_table
 from taskonomy.transfer.train import ReadoutJob, ReadoutLosses, TrainReport, train_readouts
 from taskonomy.workers import job_workers, run_jobs
 
-__all__ = ["TRANSFER_VERSION", "TransferOutcome", "beam_transfers", "run_transfer", "transfer_name",
+__all__ = ["TRANSFER_VERSION", "TransferOutcome", "beam_transfers", "run_transfer", "stage_seed", "transfer_name",
            "transfer_targets", "validation_part"]
 
 # 2: dense readouts decode with upsampling convs; 3: a lone readout trains beside a companion; 4: readouts train
@@ -115,6 +115,11 @@ class TransferOutcome:
         return sum(self.trained.values())
 
 
+def stage_seed(config: Config) -> int:
+    """The seed of stage II's readouts and scratch networks: `transfer.seed`, else the run's seed."""
+    return config.seed if config.transfer.seed is None else config.transfer.seed
+
+
 def _target_seed(seed: int, target: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(f"transfer/{target}".encode())) % 2**31
 
@@ -152,7 +157,8 @@ def _run_jobs(features: Path, jobs: list[ReadoutJob], config: Config, size: int,
         workers = job_workers(config.threads)
 
         def train(job: ReadoutJob):
-            return train_readouts(root, [job], config.transfer, size, config.seed, block, progress and workers == 1)
+            return train_readouts(root, [job], config.transfer, size, stage_seed(config), block,
+                                  progress and workers == 1)
 
         parts = run_jobs(train, jobs, workers, cost=_readout_cost,
                          desc=f"readouts of {len(jobs)} targets" if progress else None)
@@ -185,7 +191,8 @@ def _remote_job(features: str, job: ReadoutJob, config: dict[str, Any], size: in
 
     config = Config(**config)
     cap_threads(1)
-    return train_readouts(zarr.open_group(features, mode="r"), [job], config.transfer, size, config.seed, block)
+    return train_readouts(zarr.open_group(features, mode="r"), [job], config.transfer, size, stage_seed(config),
+                          block)
 
 
 def _full_row(target: _Target, checkpoint: dict | None) -> None:
@@ -261,9 +268,10 @@ def _cache_facts(features: zarr.Group, sources: list[str]) -> tuple[dict[str, st
 
 
 def _readout_config(config: Config) -> dict[str, Any]:
-    """The transfer settings that change a readout's losses (not which readouts are trained, nor where)."""
+    """The transfer settings that change a readout's losses (not which readouts are trained, nor where; the seed
+    enters every stamp as the target's seed, so a run with transfer.seed unset keeps its stamps)."""
     return config.transfer.model_dump(mode="json", exclude={"targets", "scheduler", "max_order", "beam", "scratch",
-                                                            "screen"})
+                                                            "screen", "seed"})
 
 
 def _all_orders(targets: list[_Target], first: dict[str, list[tuple[str, ...]]], encoders: dict[str, str],
@@ -332,8 +340,11 @@ def require_scheduler(config: Config) -> None:
 
 
 def run_transfer(config: Config, run_dir: str | Path, force: bool = False, progress: bool = True,
-                 only: list[str] | None = None) -> TransferOutcome:
-    """Fill transfers.zarr for every target (or the targets `only`, leaving the others as they are)."""
+                 only: list[str] | None = None, store_path: Path | None = None) -> TransferOutcome:
+    """Fill transfers.zarr for every target (or the targets `only`, leaving the others as they are).
+
+    `store_path`: another loss store to fill instead (a second readout seed's, beside the first: stability);
+    it keeps its own stamps, and screen.csv is left as the run's own stage II wrote it."""
     from taskonomy.extract.checkpoints import load_checkpoint
     from taskonomy.extract.features import open_features
     from taskonomy.extract.pipeline import added_network, source_names
@@ -369,23 +380,25 @@ def run_transfer(config: Config, run_dir: str | Path, force: bool = False, progr
     screen = open_screen(config, data, features, sources, {n: added[n].task if n in added else registry.get(n)
                                                            for n in todo}, labels, held) \
         if config.transfer.screen else None
-    store = zarr.open_group(str(run.transfers), mode="a")
+    store_path = run.transfers if store_path is None else Path(store_path)
+    store = zarr.open_group(str(store_path), mode="a")
     if force or store.attrs.get("data_hash") != data_id:
-        store = zarr.open_group(str(run.transfers), mode="w")
+        store = zarr.open_group(str(store_path), mode="w")
     present = set(store.attrs.get("targets", [])) | set(todo)
     # set with the first write: until a row is written, a finished store stays as it was (and complete)
     root_attrs = {"data_hash": data_id, "complete": False, "targets": [n for n in names if n in present],
                   "sources": sources, "test_index": [int(i) for i in data["splits/test"][:]],
                   "validation_index": [int(i) for i in data["splits/transfer"][:][held]],
                   "loss": {n: (added[n].task if n in added else registry.get(n)).loss for n in names},
-                  **({"screen": config.transfer.screen.model_dump(mode="json")} if screen else {})}
+                  **({"screen": config.transfer.screen.model_dump(mode="json")} if screen else {}),
+                  **({"readout_seed": config.transfer.seed} if config.transfer.seed is not None else {})}
     targets = []
     for name in todo:
         task = added[name].task if name in added else registry.get(name)
         checkpoint, own = checkpoints[name], labels.get(name)
         scaler = checkpoint["scaler"] if checkpoint else fit_scaler(task, _split_labels(data, name, "train",
                                                                                         own)).as_dict()
-        seed = _target_seed(config.seed, name)
+        seed = _target_seed(stage_seed(config), name)
         identity = (added[name].labels_hash,) if name in added else ()  # an added target's labels are an input
         base = content_hash(TRANSFER_VERSION, data_id, readout_cfg, seed, name, scaler, block, *identity)
         job = ReadoutJob(name, [], _split_labels(data, name, "transfer", own), _split_labels(data, name, "test", own),
@@ -405,6 +418,8 @@ def run_transfer(config: Config, run_dir: str | Path, force: bool = False, progr
         store.attrs.update(root_attrs)
         if screen is None and "screen" in store.attrs:  # an unscreened store is as it always was
             del store.attrs["screen"]
+        if config.transfer.seed is None and "readout_seed" in store.attrs:
+            del store.attrs["readout_seed"]
         for target in targets:
             _write_target(store, target, complete=complete)
 
@@ -414,7 +429,8 @@ def run_transfer(config: Config, run_dir: str | Path, force: bool = False, progr
     for name, count in rows.items():
         trained[name] += count
     store.attrs["wait_share"] = wait
-    write_screen_table(run.path, screen, todo, names)
+    if store_path == run.transfers:
+        write_screen_table(run.path, screen, todo, names)
     mark_complete(store)
     return TransferOutcome(trained, {t.name: len(t.rows) - min(trained[t.name], len(t.rows)) for t in targets},
                            {t.name: len(t.screened_out) for t in targets}, screen.seconds if screen else 0.0)

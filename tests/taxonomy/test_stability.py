@@ -68,7 +68,7 @@ def resampled_run(faults_run, tmp_path_factory):
     """A copy of the shared small finished run after `taskonomy stability`, `significance` and `report` (read-only)."""
     config, reference = faults_run
     run_dir = copy_run(reference, tmp_path_factory.mktemp("stability"))
-    assert cli(config, run_dir, "stability", "--budgets", "1,2") == 0
+    assert cli(config, run_dir, "stability", "--budgets", "1,2", "--readout-seeds", "2") == 0
     assert cli(config, run_dir, "significance", "--policies", "50") == 0
     assert cli(config, run_dir, "report") == 0
     return run_dir
@@ -85,6 +85,56 @@ def test_stability_on_a_finished_run(resampled_run):
         shares = [s["share"] for s in budget["sets"]]
         assert 0 <= budget["same_set"] <= 1 and sum(shares) <= 1 + 1e-9 and shares == sorted(shares, reverse=True)
         assert budget["same_set"] == next(s["share"] for s in budget["sets"] if s["supervised"] == budget["supervised"])
+
+
+def test_a_second_readout_seed_is_trained_beside_the_first_and_compared(resampled_run, faults_run):
+    from taskonomy.artifacts import read_losses
+
+    doc = json.loads((resampled_run / "stability.json").read_text())
+    assert doc["readout_seeds"] == [2]
+    for budget in doc["budgets"]:
+        seeds = budget["seeds"]
+        assert seeds["same_set"] in (0.0, 1.0) and sum(s["share"] for s in seeds["sets"]) == pytest.approx(1)
+        assert set(seeds["same_transfer"]) == set(budget["same_transfer"])
+    with (resampled_run / "stability.csv").open() as handle:
+        assert all(r["same_transfer_seeds"] in ("0", "1") for r in csv.DictReader(handle))
+    # the first seed's losses are the reference run's, untouched; the second seed's are other readouts' losses
+    first, second = read_losses(resampled_run), read_losses(resampled_run, store_path=resampled_run /
+                                                            "transfers.seed2.zarr")
+    reference = read_losses(faults_run[1])
+    assert set(second.targets) == set(first.targets)
+    for name, table in first.targets.items():
+        assert np.array_equal(table.losses, reference.targets[name].losses)
+        again = second.targets[name]
+        row = table.transfers.index("full")
+        assert np.array_equal(again.losses[again.transfers.index("full")], table.losses[row])  # stage I: unchanged
+        first_order = [n for n, o in zip(table.transfers, table.orders) if o == 1]
+        assert not np.array_equal(again.losses[again.transfers.index(first_order[0])],
+                                  table.losses[table.transfers.index(first_order[0])])
+
+
+def test_readout_seeds_are_resumed_by_stamp_and_the_own_seed_is_refused(resampled_run, faults_run, tmp_path,
+                                                                         capsys, monkeypatch):
+    def untouched(*args, **kwargs):
+        raise AssertionError("a kept row was trained again")
+
+    monkeypatch.setattr("taskonomy.transfer.stage.train_readouts", untouched)
+    monkeypatch.setattr("taskonomy.extract.stage1.train_task", untouched)
+    config = faults_run[0]
+    run_dir = copy_run(resampled_run, tmp_path)
+    store = run_dir / "transfers.seed2.zarr"
+    def rows() -> dict[str, bytes]:  # every target's arrays and attributes (the root also records wait_share)
+        return {name: data for name, data in snapshot(store).items() if name != "zarr.json"}
+
+    before = rows()
+    assert cli(config, run_dir, "stability", "--budgets", "1", "--readout-seeds", "2") == 0
+    assert rows() == before  # every row kept by its stamp
+    before = snapshot(run_dir)
+    assert cli(config, run_dir, "stability", "--readout-seeds", "1") == 2  # the config's seed
+    assert "run's own readout seed" in one_line(capsys)
+    assert snapshot(run_dir) == before
+    # transfer.seed set to the run's own seed (the config's seed: 1) names the same readouts: every row is kept
+    assert cli(config, run_dir, "--set", "transfer.seed=1", "transfer") == 0
 
 
 @pytest.mark.parametrize(("args", "says"), [(["--resamples", "0"], "--resamples"), (["--budgets", "x"], "--budgets")])
@@ -108,6 +158,7 @@ def test_the_report_shows_stability_significance_the_task_tree_and_the_distance_
     stability = _section(page, "stability")
     assert "10 bootstrap resamples" in stability and "Per target at budget 1" in stability
     assert "<td>depth_zbuffer</td>" in stability
+    assert "readout seed 2" in stability and "same transfer, readout seeds 2" in stability
     significance = _section(page, "significance")
     assert "50 random feasible policies" in significance and "max order 2 (3 budgets)" in significance
     assert 'src="significance.png"' in significance and 'src="task_tree.png"' in _section(page, "tree")
