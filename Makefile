@@ -87,13 +87,15 @@ science: setup
 	$(BIN)/taskonomy --run-dir $(RUN) science
 
 # Is the taxonomy better than chance? Against 1,000 random feasible policies per budget and max order
-# (significance.csv/png in $(RUN)); and how stable it is over bootstrap resamples of the test images (stability.csv/json).
+# (significance.csv/png in $(RUN)); and how stable it is over bootstrap resamples of the test images and, with
+# READOUT_SEEDS=1 (a comma list), over stage II trained again under other readout seeds (stability.csv/json).
 POLICIES ?= 1000
+READOUT_SEEDS ?=
 significance: setup
 	$(BIN)/taskonomy --run-dir $(RUN) significance --policies $(POLICIES)
 
 stability: setup
-	$(BIN)/taskonomy --run-dir $(RUN) stability
+	$(BIN)/taskonomy --run-dir $(RUN) stability $(if $(READOUT_SEEDS),--readout-seeds $(READOUT_SEEDS))
 
 # Each task left out in turn and reached by all-for-one from the others' taxonomy (novel.csv/png in $(RUN)).
 novel: setup
