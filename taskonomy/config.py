@@ -25,8 +25,8 @@ from taskonomy import TaskonomyError
 from taskonomy import tasks as registry
 
 __all__ = ["AhpConfig", "Config", "DataConfig", "ENCODER_KINDS", "EPHEMERAL", "EncoderConfig", "ExtractConfig",
-           "SCREEN_ESTIMATORS", "ScreenConfig", "SplitConfig", "STAGES", "TaxonomyConfig", "TrainConfig",
-           "TransferConfig", "changed_keys", "content_hash", "encoder_entry", "flat_keys", "load_config",
+           "SCREEN_ESTIMATORS", "ScreenConfig", "SplitConfig", "STAGES", "StorageConfig", "TaxonomyConfig",
+           "TrainConfig", "TransferConfig", "changed_keys", "content_hash", "encoder_entry", "flat_keys", "load_config",
            "parse_setting", "stage_of"]
 
 # The main job's tasks (configs/default.yaml): the 21 single-image tasks; the multi-view ones need the GPU run.
@@ -352,18 +352,54 @@ class TransferConfig(_Strict):
         return self
 
 
+class StorageConfig(_Strict):
+    """Where data.zarr, features.zarr and transfers.zarr live: the run folder (url none) or an object-storage
+    prefix; the small files and the lock stay in the run folder. Credentials come from the environment as s3fs
+    reads them (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...), never from the config."""
+
+    url: str | None = Field(None, description="s3://bucket/prefix: the stores are <url>/data.zarr, ...; none = the "
+                            "run folder")
+    options: dict[str, Any] = Field(default_factory=dict, description="passed to the file system (s3fs), e.g. "
+                                    "{endpoint_url: http://localhost:9000} for MinIO; no secrets here")
+
+    @field_validator("url")
+    @classmethod
+    def _an_s3_prefix(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.rstrip("/")
+        if not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^/]+)*", value):
+            raise ValueError(f"expected s3://bucket or s3://bucket/prefix, got {value!r}")
+        return value
+
+    @field_validator("options")
+    @classmethod
+    def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # config.yaml is saved in the run folder and hashed into nothing, but it is copied around: keep keys out
+        secret = [k for k in value if k in ("key", "secret", "token", "aws_access_key_id", "aws_secret_access_key",
+                                            "aws_session_token")]
+        if secret:
+            raise ValueError(f"{secret[0]} is a credential: set it in the environment (AWS_ACCESS_KEY_ID, "
+                             f"AWS_SECRET_ACCESS_KEY), not in the config")
+        return value
+
+
 class Config(_Strict):
     """A whole run's configuration; its defaults are configs/default.yaml's (tests/taskonomy/test_config.py)."""
 
     name: str = "default"
     seed: int = Field(0, ge=0, lt=2**63)
     threads: int | None = Field(None, ge=1, description="threads for torch, Numba and Dask; default all cores")
+    scheduler: str | None = Field(None, description="dask.distributed scheduler address: stage I, the feature cache "
+                                  "and stage II run there (transfer.scheduler, when set, wins for stage II); none = "
+                                  "in process. Changes no result, so never saved")
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     extract: ExtractConfig = ExtractConfig()
     transfer: TransferConfig = TransferConfig()
     ahp: AhpConfig = AhpConfig()
     taxonomy: TaxonomyConfig = TaxonomyConfig()
+    storage: StorageConfig = StorageConfig()  # where the stores are, not what they hold: in no stamp
 
     @field_validator("name")
     @classmethod
@@ -452,10 +488,11 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     return config
 
 
-# Every key belongs to the stage whose stored output it changes; None: nothing stored (the name); EPHEMERAL
-# sections change no stored result (solve and evaluate write their settings into their own outputs).
+# Every key belongs to the stage whose stored output it changes; None: nothing stored (the name; storage.*, which
+# says where the stores are, not what they hold); EPHEMERAL sections change no stored result (solve and evaluate
+# write their settings into their own outputs).
 STAGES = ("data", "train", "extract", "transfer", "ahp")
-EPHEMERAL = ("threads", "taxonomy")
+EPHEMERAL = ("threads", "scheduler", "taxonomy")
 
 
 def stage_of(key: str) -> str | None:

@@ -5,6 +5,13 @@
     run.affinity            # runs/default/affinity.csv
     run.checkpoint("normal")  # runs/default/models/normal.pt
 
+With `storage.url` set (the config's `storage` section), the three stores are `StoreURL`s under it instead
+(`run.data` is s3://bucket/prefix/data.zarr); every other file stays in the folder. A RunFolder made with the
+config's storage uses it; one made with the folder alone uses the storage of the command holding the folder
+(`bind_storage`, taken with the lock), else its config.yaml's:
+
+    RunFolder("runs/a", config.storage).features   # s3://bucket/prefix/features.zarr, or runs/a/features.zarr
+
 Every stage and the application build paths here and nowhere else; the shared artifacts (the per-image
 loss table of transfers.zarr, the affinity tables, stage stamps) have their one reader and one writer
 in `taskonomy.artifacts`. Every file is written to a temporary name beside it and renamed, so a killed
@@ -24,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from taskonomy import TaskonomyError
+from taskonomy.storage import StoreURL, storage_of
 
 __all__ = [
-    "FILES", "FORMAT_VERSION", "RunFolder", "check_format", "format_version", "save_figure", "write_csv",
-    "write_format", "write_json", "write_text",
+    "FILES", "FORMAT_VERSION", "STORES", "RunFolder", "bind_storage", "check_format", "format_version", "save_figure",
+    "unbind_storage", "write_csv", "write_format", "write_json", "write_text",
 ]
 
 FORMAT_VERSION = 1  # 1: format file, chunk inventories, added targets with full and scratch rows
@@ -87,24 +95,78 @@ FILES = {
 }
 # Which command rebuilds each store (for one-line errors).
 REBUILD = {"data": "taskonomy data", "features": "taskonomy extract", "transfers": "taskonomy transfer"}
+STORES = tuple(REBUILD)  # the files that move to storage.url when it is set
+
+# resolved run folder -> (url, options) of the command holding it (taskonomy.lock binds it with the lock)
+_bound: dict[Path, tuple[str | None, dict[str, Any]]] = {}
+_read: dict[Path, tuple[tuple[int, int], tuple[str | None, dict[str, Any]]]] = {}  # config.yaml -> (stat, storage)
+
+
+def bind_storage(run_dir: str | os.PathLike, storage: Any) -> None:
+    """While a command holds `run_dir`, a RunFolder made without storage uses `storage` (its config's): the
+    first command of a folder has no config.yaml yet."""
+    _bound[Path(run_dir).resolve()] = storage_of(storage)
+
+
+def unbind_storage(run_dir: str | os.PathLike) -> None:
+    _bound.pop(Path(run_dir).resolve(), None)
+
+
+def _configured(config_file: Path) -> tuple[str | None, dict[str, Any]]:
+    """The `storage` section of a run folder's config.yaml as (url, options); (None, {}) without one. Read once
+    per version of the file."""
+    import yaml
+
+    try:
+        stat = config_file.stat()
+    except OSError:
+        return None, {}
+    stamp = (stat.st_mtime_ns, stat.st_size)
+    cached = _read.get(config_file)
+    if cached is None or cached[0] != stamp:
+        try:
+            doc = yaml.safe_load(config_file.read_text()) or {}
+            found = storage_of(doc.get("storage") if isinstance(doc, dict) else None)
+        except (OSError, ValueError, yaml.YAMLError, AttributeError):
+            found = (None, {})  # a garbled config.yaml is refused where the config is loaded
+        cached = _read[config_file] = (stamp, found)
+    return cached[1]
 
 
 @dataclass(frozen=True)
 class RunFolder:
-    """Paths of one run folder; nothing is read or created by making one."""
+    """Paths of one run folder (and URLs of its stores under storage.url); nothing is created by making one.
+
+    `storage`: a StorageConfig (or its dict); None: the storage of the command holding the folder, else the
+    folder's config.yaml's (read only when a store's location is asked for).
+    """
 
     path: Path
+    storage: Any = None
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, storage: Any = None) -> None:
         object.__setattr__(self, "path", Path(path))
+        object.__setattr__(self, "storage", storage)
 
     def __getattr__(self, key: str) -> Path:
         if key not in FILES:  # also while unpickling, before `path` exists
             raise AttributeError(key)
         try:
-            return self.__dict__["path"] / FILES[key]
+            path = self.__dict__["path"]
         except KeyError:
             raise AttributeError(key) from None
+        if key in STORES:
+            url, options = self.storage_url()
+            if url:
+                return StoreURL(f"{url}/{FILES[key]}", options)  # type: ignore[return-value]  # Path-like enough
+        return path / FILES[key]
+
+    def storage_url(self) -> tuple[str | None, dict[str, Any]]:
+        """(storage.url, storage.options) of the folder's stores; (None, {}) when they are in the folder."""
+        if self.__dict__.get("storage") is not None:
+            return storage_of(self.storage)
+        bound = _bound.get(self.path.resolve())
+        return bound if bound is not None else _configured(self.path / FILES["config"])
 
     def __fspath__(self) -> str:
         return str(self.path)
