@@ -22,7 +22,7 @@ import zarr
 from tqdm import tqdm
 
 from taskonomy import TaskonomyError
-from taskonomy.store import bytes_per_image, chunk_length, create_image_array, mark_complete
+from taskonomy.store import bytes_per_image, chunk_length, create_image_array, mark_complete, open_group
 
 __all__ = ["Source", "extract_features", "feature_arrays", "open_features"]
 
@@ -108,9 +108,9 @@ def extract_features(path: str | Path, data: zarr.Group, sources: list[Source], 
     from taskonomy.scenes.dataset import data_hash as identify
 
     data_hash = identify(data)
-    root = zarr.open_group(str(path), mode="a")
+    root = open_group(path, "a")  # a folder, or a StoreURL under storage.url
     if root.attrs.get("data_hash") not in (None, data_hash):
-        root = zarr.open_group(str(path), mode="w")  # every cached feature belongs to other data
+        root = open_group(path, "w")  # every cached feature belongs to other data
     root.attrs.update({"data_hash": data_hash, "complete": False})
     arrays = list(feature_arrays(data))
     outcome = {}

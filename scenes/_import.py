@@ -29,8 +29,8 @@ from taskonomy import tasks as registry
 from taskonomy.config import content_hash
 from taskonomy.runtime import default_threads
 from taskonomy.scenes.labels import make_inputs
-from taskonomy.store import (bytes_per_image, chunk_length, create_image_array, mark_complete, open_for_writing,
-                             write_state)
+from taskonomy.store import (bytes_per_image, chunk_length, create_image_array, locate, mark_complete,
+                             open_for_writing, open_group, write_state)
 
 __all__ = ["DERIVED", "ImportPlan", "building_splits", "derived_arrays", "memory_bound", "resize_image",
            "resize_label", "round_robin", "write_import"]
@@ -151,13 +151,13 @@ def write_import(path: str | Path, plan: ImportPlan, read: Callable[[int, int, T
                  force: bool = False, progress: bool = True, desc: str = "import") -> str:
     """Write the store of `plan` at `path`, `read(lo, hi, pool)` giving images lo..hi of every array:
     'imported', 'resumed', or 'up to date' when the same import is already complete."""
-    path = Path(path)
+    path = locate(path)  # a folder, or a StoreURL under storage.url
     state = _state(path, plan.key, force)
     if state == "done":
         return "up to date"
     chunk, n = plan.chunk, plan.n
     if state == "resume":
-        group = zarr.open_group(str(path), mode="r+")
+        group = open_group(path, "r+")
         if group.attrs.get("chunk_images") != chunk or not all(k in group and group[k].shape == s
                                                                 for k, (s, _) in plan.arrays.items()):
             state = "fresh"

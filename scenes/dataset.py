@@ -25,8 +25,8 @@ from taskonomy.config import Config, DataConfig, content_hash
 from taskonomy.scenes.labels import make_inputs, make_labels
 from taskonomy.scenes.render import render
 from taskonomy.scenes.scene import Buffers, Scene, pair_cameras, sample_camera, sample_scene
-from taskonomy.store import (bytes_per_image, chunk_length, create_image_array, mark_complete, open_complete,
-                             open_for_writing, write_state)
+from taskonomy.store import (bytes_per_image, chunk_length, create_image_array, locate, mark_complete,
+                             open_complete, open_for_writing, open_group, write_state)
 
 __all__ = ["GENERATOR_VERSION", "build_data", "data_hash", "generate_images", "is_imported", "make_splits", "open_data",
            "plan_arrays"]
@@ -149,7 +149,7 @@ def _existing(path: Path, attrs: dict[str, Any], force: bool) -> str:
 
 def build_data(config: Config, path: str | Path, force: bool = False, progress: bool = True) -> str:
     """Make data.zarr at `path`: 'built', 'resumed', or 'up to date' when it already matches the config."""
-    path, data = Path(path), config.data
+    path, data = locate(path, config.storage), config.data  # a folder, or a StoreURL under storage.url
     attrs = _attrs(config)
     splits = make_splits(data, config.seed)  # an empty split is refused before anything is written
     state = _existing(path, attrs, force)
@@ -159,7 +159,7 @@ def build_data(config: Config, path: str | Path, force: bool = False, progress: 
     chunk = data.chunk_images if data.chunk_images != "auto" else chunk_length(
         max(bytes_per_image(shape, dtype) for shape, dtype in plan.values()), data.n_images)
     if state == "resume":
-        group = zarr.open_group(str(path), mode="r+")
+        group = open_group(path, "r+")
         if group.attrs.get("chunk_images") != chunk or not all(k in group and group[k].shape == s
                                                                 for k, (s, _) in plan.items()):
             state = "fresh"  # the layout is not the one this config makes: start over
@@ -232,7 +232,7 @@ def is_imported(path: str | Path) -> bool:
     """True when `path` holds a complete store imported by `data --from-taskonomy` or `--from-arrays`: `data`
     without them (as `taskonomy run` calls it) keeps it rather than refusing it for its missing config hash."""
     try:
-        attrs = zarr.open_group(str(path), mode="r").attrs
+        attrs = open_group(path, "r").attrs
     except Exception:
         return False
     return bool(attrs.get("complete")) and "import_key" in attrs

@@ -22,7 +22,7 @@ import numpy as np
 
 from taskonomy import TaskonomyError
 from taskonomy import tasks as registry
-from taskonomy.store import open_complete
+from taskonomy.store import locate, open_complete
 
 __all__ = ["CELL_PX", "contact_sheet", "semantic_palette"]
 
@@ -60,7 +60,7 @@ def contact_sheet(data_path: str | Path, out_png: str | Path, n_rows: int = 4,
                   images: list[int] | None = None) -> Path:
     """Write a PNG with one row per image (by default the first `n_rows` test images, from different scenes
     where possible) and one column per task with labels in the store. Returns the PNG's path."""
-    data_path, out_png = Path(data_path), Path(out_png)
+    data_path, out_png = locate(data_path), Path(out_png)  # a folder, or a StoreURL under storage.url
     group = open_complete(data_path, "taskonomy data")
     if images is None and (not isinstance(n_rows, int) or n_rows < 1):
         raise TaskonomyError(f"contact sheet: n_rows must be a positive integer, got {n_rows!r}")

@@ -196,7 +196,7 @@ class Context:
             return
         from taskonomy.lock import acquire, release
 
-        acquire(self.run_dir, f"taskonomy {click_ctx.info_name}")
+        acquire(self.run_dir, f"taskonomy {click_ctx.info_name}", self.config.storage)  # + storage.url's lease
         click_ctx.call_on_close(lambda: release(self.run_dir))
 
 

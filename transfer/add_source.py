@@ -71,7 +71,7 @@ def add_source(config: Config, run_dir: str | Path, name: str, encoder: str | Pa
     from taskonomy.transfer.stage import require_scheduler, run_transfer
 
     require_scheduler(config)
-    run = RunFolder(run_dir)
+    run = RunFolder(run_dir, config.storage)  # the stores in the folder or under storage.url
     open_complete(run.transfers, REBUILD["transfers"])  # a finished run, or a one-line error naming the store
     config = with_source(config, run.path, name, encoder)
     extracted = extract_all(config, run.path, progress=progress)

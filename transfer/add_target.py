@@ -94,10 +94,10 @@ def add_target(config: Config, run_dir: str | Path, name: str, loss: str, labels
     from taskonomy.extract.features import open_features
     from taskonomy.extract.pipeline import source_names
     from taskonomy.scenes.dataset import data_hash, open_data
-    from taskonomy.store import open_complete
+    from taskonomy.store import open_complete, open_group
     from taskonomy.transfer.stage import run_transfer
 
-    run = RunFolder(run_dir)
+    run = RunFolder(run_dir, config.storage)  # the stores in the folder or under storage.url
     registry.validate_name(name)
     added = {a.task.name: a for a in read_added_targets(run.path)}
     if name not in added and (name in {t.name for t in registry.all_tasks()} or registry.resolve_alias(name) != name):
@@ -105,7 +105,7 @@ def add_target(config: Config, run_dir: str | Path, name: str, loss: str, labels
     data = open_data(run.data, config)
     data_id = data_hash(data)
     if name in added and run.transfers.is_dir():  # the same target again: finish what a killed add-target left
-        transfers = zarr.open_group(str(run.transfers), mode="r")
+        transfers = open_group(run.transfers, "r")
     else:
         transfers = open_complete(run.transfers, REBUILD["transfers"])
     if transfers.attrs.get("data_hash") != data_id:

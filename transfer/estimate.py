@@ -287,7 +287,7 @@ def _compute(config: Config, run_dir: str | Path, estimators: Sequence[str] | No
     from taskonomy.transfer.stage import transfer_targets, validation_part
 
     estimators = parse_estimators(estimators)
-    run = RunFolder(run_dir)
+    run = RunFolder(run_dir, config.storage)  # the stores in the folder or under storage.url
     data = open_data(run.data, config)
     data_tasks, data_id = list(data.attrs["tasks"]), data_hash(data)
     sources = source_names(config, data_tasks)

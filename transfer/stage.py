@@ -40,7 +40,7 @@ from taskonomy import tasks as registry
 from taskonomy.config import Config, content_hash
 from taskonomy.artifacts import AddedTarget, existing_rows, read_added_targets, transfer_name, write_target_losses
 from taskonomy.runfolder import RunFolder
-from taskonomy.store import mark_complete
+from taskonomy.store import mark_complete, open_group
 from taskonomy.transfer.screen import open_screen, write_screen_table
 from taskonomy.transfer.train import ReadoutJob, ReadoutLosses, TrainReport, train_readouts
 from taskonomy.workers import job_workers, run_jobs
@@ -152,7 +152,7 @@ def _run_jobs(features: Path, jobs: list[ReadoutJob], config: Config, size: int,
     taskonomy.workers), or on a dask.distributed cluster. A job's losses are the same either way."""
     if not jobs:
         return {}, TrainReport()
-    root = zarr.open_group(str(features), mode="r")
+    root = open_group(features, "r")  # a folder, or a StoreURL under storage.url
     if not config.transfer.scheduler:
         workers = job_workers(config.threads)
 
@@ -191,8 +191,8 @@ def _remote_job(features: str, job: ReadoutJob, config: dict[str, Any], size: in
 
     config = Config(**config)
     cap_threads(1)
-    return train_readouts(zarr.open_group(features, mode="r"), [job], config.transfer, size, stage_seed(config),
-                          block)
+    return train_readouts(open_group(features, "r", config.storage), [job], config.transfer, size,
+                          stage_seed(config), block)  # features: a path or URL; options from the config
 
 
 def _full_row(target: _Target, checkpoint: dict | None) -> None:
@@ -352,7 +352,7 @@ def run_transfer(config: Config, run_dir: str | Path, force: bool = False, progr
     from taskonomy.scenes.dataset import data_hash, open_data
 
     require_scheduler(config)
-    run = RunFolder(run_dir)
+    run = RunFolder(run_dir, config.storage)  # the stores in the folder or under storage.url
     data = open_data(run.data, config)
     data_tasks, data_id = list(data.attrs["tasks"]), data_hash(data)
     held = validation_part(data, config)
@@ -381,9 +381,9 @@ def run_transfer(config: Config, run_dir: str | Path, force: bool = False, progr
                                                            for n in todo}, labels, held) \
         if config.transfer.screen else None
     store_path = run.transfers if store_path is None else Path(store_path)
-    store = zarr.open_group(str(store_path), mode="a")
+    store = open_group(store_path, "a")
     if force or store.attrs.get("data_hash") != data_id:
-        store = zarr.open_group(str(store_path), mode="w")
+        store = open_group(store_path, "w")
     present = set(store.attrs.get("targets", [])) | set(todo)
     # set with the first write: until a row is written, a finished store stays as it was (and complete)
     root_attrs = {"data_hash": data_id, "complete": False, "targets": [n for n in names if n in present],
