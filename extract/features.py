@@ -24,7 +24,7 @@ from tqdm import tqdm
 from taskonomy import TaskonomyError
 from taskonomy.store import bytes_per_image, chunk_length, create_image_array, mark_complete, open_group
 
-__all__ = ["Source", "extract_features", "feature_arrays", "open_features"]
+__all__ = ["Source", "extract_features", "extract_source", "feature_arrays", "open_features", "open_for_sources"]
 
 SPLITS = ("train", "transfer", "test")
 
@@ -108,28 +108,42 @@ def extract_features(path: str | Path, data: zarr.Group, sources: list[Source], 
     from taskonomy.scenes.dataset import data_hash as identify
 
     data_hash = identify(data)
+    root = open_for_sources(path, data_hash)
+    outcome = {source.name: extract_source(root, data, source, data_hash, batch, chunk_images, force, progress)
+               for source in sources}
+    mark_complete(root)
+    return outcome
+
+
+def open_for_sources(path: str | Path, data_hash: str) -> zarr.Group:
+    """features.zarr at `path`, marked incomplete, ready for `extract_source` (emptied when it holds features of
+    other data). The caller marks it complete once every source is (mark_complete)."""
     root = open_group(path, "a")  # a folder, or a StoreURL under storage.url
     if root.attrs.get("data_hash") not in (None, data_hash):
         root = open_group(path, "w")  # every cached feature belongs to other data
     root.attrs.update({"data_hash": data_hash, "complete": False})
+    return root
+
+
+def extract_source(root: zarr.Group, data: zarr.Group, source: Source, data_hash: str, batch: int = 256,
+                   chunk_images: int | str = "auto", force: bool = False, progress: bool = True) -> str:
+    """One source's group of `root` filled (kept when up to date, resumed when interrupted); its outcome. Writes
+    nothing outside /<source>: sources may be extracted side by side, in processes or on machines of their own."""
+    group, outcome = _prepare_group(root, source, data_hash, force)
+    if outcome == "up to date":
+        return outcome
     arrays = list(feature_arrays(data))
-    outcome = {}
+    bar = tqdm(total=sum(len(ix) for _, _, ix in arrays), unit="img", desc=f"extract {source.name}",
+               disable=not progress, leave=False)
     with ThreadPoolExecutor(max_workers=1) as writer:
-        for source in sources:
-            group, outcome[source.name] = _prepare_group(root, source, data_hash, force)
-            if outcome[source.name] == "up to date":
-                continue
-            bar = tqdm(total=sum(len(ix) for _, _, ix in arrays), unit="img", desc=f"extract {source.name}",
-                       disable=not progress, leave=False)
-            for name, image_path, indices in arrays:
-                chunk = chunk_images if chunk_images != "auto" else chunk_length(
-                    bytes_per_image((len(indices), *source.shape), "float16"), max(len(indices), 1))
-                out = _array(group, name, len(indices), source.shape, int(chunk))
-                _extract_array(source, data[image_path], indices, out, batch, writer, bar.update)
-            bar.close()
-            _clear_progress(group)
-            mark_complete(group)
-    mark_complete(root)
+        for name, image_path, indices in arrays:
+            chunk = chunk_images if chunk_images != "auto" else chunk_length(
+                bytes_per_image((len(indices), *source.shape), "float16"), max(len(indices), 1))
+            out = _array(group, name, len(indices), source.shape, int(chunk))
+            _extract_array(source, data[image_path], indices, out, batch, writer, bar.update)
+    bar.close()
+    _clear_progress(group)
+    mark_complete(group)
     return outcome
 
 

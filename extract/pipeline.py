@@ -2,9 +2,23 @@
 
     taskonomy --config configs/tiny.yaml train      # one network per source task -> models/, stage1_quality.csv
     taskonomy --config configs/tiny.yaml extract    # every frozen encoder over every split -> features.zarr
+    taskonomy --config configs/tiny.yaml train --scheduler tcp://HOST:8786   # the same on a dask cluster
 
 A checkpoint is skipped when its stamp (config, data and code version) matches; features of a source
 are kept while its encoder's bytes and the data are unchanged.
+
+On a dask.distributed cluster (`scheduler`, taskonomy.cluster) each network is one job and each source is one
+job, on one torch thread as in process, so checkpoints, test losses and features are the same bit for bit on a
+CPU. A job opens the run's stores from the folder's location and the config as a dict, never from an object of
+this process. A stage I job returns its weights and losses, and this process saves the checkpoint as each
+arrives (a few MB; the client keeps the kill-resume behaviour of the local run). A source's job writes its own
+features into features.zarr: at the paper's size one source's features are gigabytes (4M images x 8x16x16
+float16 = 16 GB), which would pass through the scheduler and sit in this process's memory if returned; sources
+write disjoint groups (/<source>/...), zarr creates a missing parent group only if it is absent, and this
+process writes the store's root (data hash, `complete` and the inventory) before the jobs and after the last.
+A worker killed mid-source leaves that source's finished chunks recorded (`chunks_done`); the job's rerun on
+another worker resumes it, to the same bytes. Checkpoints (models/) and encoder files are read by path: the run
+folder must be at the same path on every worker (a shared file system); the stores may be under storage.url.
 """
 
 from __future__ import annotations
@@ -12,7 +26,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import zlib
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,14 +36,16 @@ from tqdm import tqdm
 
 from taskonomy import TaskonomyError
 from taskonomy import tasks as registry
+from taskonomy.cluster import run_remote, scheduler_of, wants_gpu
 from taskonomy.config import Config, content_hash
 from taskonomy.extract.checkpoints import checkpoint_path, load_checkpoint, save_checkpoint, stored_hash
-from taskonomy.extract.features import Source, extract_features
+from taskonomy.extract.features import Source, extract_features, extract_source, open_for_sources
 from taskonomy.extract.networks import build_network, prepare_images
 from taskonomy.extract.stage1 import (baseline_losses, network_cost, quality_row, resolve_device, restore_network,
                                       test_losses, train_task)
 from taskonomy.runfolder import RunFolder
 from taskonomy.scenes.dataset import data_hash, open_data
+from taskonomy.store import mark_complete, open_group
 from taskonomy.workers import job_workers, run_jobs
 
 __all__ = ["STAGE1_VERSION", "added_network", "build_sources", "extract_all", "source_names", "train_all"]
@@ -62,11 +80,12 @@ def _task_seed(seed: int, task: str) -> int:
 def train_all(config: Config, run_dir: Path, force: bool = False, progress: bool = True) -> list[dict]:
     """Train (or keep) one network per source task; writes the quality table; returns its rows.
 
-    The networks train side by side, one per core on one thread each (taskonomy.workers); each checkpoint is
-    saved as soon as its network is done, so a run killed midway keeps every finished network.
+    The networks train side by side, one per core on one thread each (taskonomy.workers), or one job each on
+    the cluster at `scheduler` (taskonomy.cluster); each checkpoint is saved as soon as its network is done, so
+    a run killed midway keeps every finished network.
     """
     data = open_data(RunFolder(run_dir).data, config)
-    device = resolve_device(config.train.device)
+    address = scheduler_of(config, "train")
     rows: dict[str, dict] = {}
     todo = []
     for task in trained_tasks(config, list(data.attrs["tasks"])):
@@ -76,23 +95,30 @@ def train_all(config: Config, run_dir: Path, force: bool = False, progress: bool
         else:
             rows[task] = {}
             todo.append((task, path, stamp))
-    workers = job_workers(config.threads, device)
-
-    def train(item: tuple[str, Path, str]):
-        return _train_and_test(item[0], data, config, device, progress and workers == 1)
+    device = None if address else resolve_device(config.train.device)  # a worker resolves its own
+    workers = 0 if address else job_workers(config.threads, device)
 
     def save(i: int, outcome) -> None:
-        (task, path, stamp), (result, test) = todo[i], outcome
-        row = {**quality_row(task, test, baseline_losses(task, data, "test", result.scaler)),
-               "best_epoch": result.best_epoch, "seconds": round(result.seconds, 2),
-               "images_per_s": round(result.images_per_second, 1)}
+        (task, path, stamp), (result, test, baseline) = todo[i], outcome
+        row = {**quality_row(task, test, baseline), "best_epoch": result.best_epoch,
+               "seconds": round(result.seconds, 2), "images_per_s": round(result.images_per_second, 1)}
         save_checkpoint(path, _payload(stamp, task, result, test, quality=row))
         rows[task] = {**row, "status": "trained"}
-        if progress and workers > 1:
+        if progress and workers != 1:
             tqdm.write(f"  {task}: {result.seconds:.0f} s, ratio to baseline {row['ratio']:.3f}")
 
-    run_jobs(train, todo, workers, cost=lambda item: network_cost(item[0]) * config.train.epochs_for(item[0]),
-             done=save, desc="stage I networks" if progress else None)
+    def cost(item: tuple[str, Path, str]) -> float:
+        return network_cost(item[0]) * config.train.epochs_for(item[0])
+
+    desc = "stage I networks" if progress else None
+    if address:
+        dumped = config.model_dump(mode="json")
+        run_remote(address, _remote_train, [(str(run_dir), dumped, task) for task, _, _ in todo],
+                   names=[task for task, _, _ in todo], cost=lambda i: cost(todo[i]), done=save,
+                   gpu=wants_gpu(config.train.device), desc=desc)
+    else:
+        run_jobs(lambda item: _stage1_job(item[0], data, config, device, progress and workers == 1), todo, workers,
+                 cost=cost, done=save, desc=desc)
     _write_quality(RunFolder(run_dir).stage1_quality, list(rows.values()))
     return list(rows.values())
 
@@ -110,6 +136,20 @@ def added_network(config: Config, run_dir: Path, added, labels: np.ndarray, data
     payload = _payload(stamp, task.name, result, test, best_epoch=result.best_epoch)
     save_checkpoint(path, payload)
     return payload, 1
+
+
+def _stage1_job(task: str, data, config: Config, device: torch.device, progress: bool):
+    """One stage I job: the network of `task` trained, its per-image test losses and its trivial baseline's
+    (everything its checkpoint and quality row need): (TrainResult without the module, test, baseline)."""
+    result, test = _train_and_test(task, data, config, device, progress)
+    return replace(result, network=None), test, baseline_losses(task, data, "test", result.scaler)
+
+
+def _remote_train(location: str, config: dict[str, Any], task: str):
+    """_stage1_job on a dask.distributed worker, from the run folder's location and the config as a dict."""
+    config = Config(**config)
+    data = open_data(RunFolder(location, config.storage).data, config)
+    return _stage1_job(task, data, config, resolve_device(config.train.device), False)
 
 
 def _train_and_test(task, data, config: Config, device: torch.device, progress: bool,
@@ -201,10 +241,36 @@ def build_sources(config: Config, run_dir: Path, names: list[str], size: int, de
 
 
 def extract_all(config: Config, run_dir: Path, force: bool = False, progress: bool = True) -> dict[str, str]:
-    """Fill features.zarr with every source; returns {source: outcome}."""
+    """Fill features.zarr with every source; returns {source: outcome}. With a scheduler, one job per source on
+    the cluster, each writing its own source's arrays (see the module docstring)."""
     data = open_data(RunFolder(run_dir).data, config)
-    device = resolve_device(config.train.device)
     names = source_names(config, list(data.attrs["tasks"]))
+    address = scheduler_of(config, "extract")
+    if address:
+        stamp, outcome = data_hash(data), {}
+        root = open_for_sources(RunFolder(run_dir).features, stamp)
+        run_remote(address, _remote_extract, [(str(run_dir), config.model_dump(mode="json"), name, force)
+                                              for name in names], names=names,
+                   done=lambda i, state: outcome.__setitem__(names[i], state), gpu=wants_gpu(config.train.device),
+                   desc="sources" if progress else None)
+        mark_complete(root)  # last: every source's group is complete
+        return {name: outcome[name] for name in names}
+    device = resolve_device(config.train.device)
     sources = build_sources(config, run_dir, names, int(data.attrs["image_size"]), device, data_hash(data))
     return extract_features(RunFolder(run_dir).features, data, sources, batch=config.extract.batch,
                             chunk_images=config.extract.chunk_images, force=force, progress=progress)
+
+
+def _remote_extract(location: str, config: dict[str, Any], name: str, force: bool) -> str:
+    """One source's features into the run's features.zarr on a dask.distributed worker; its outcome."""
+    config = Config(**config)
+    run = RunFolder(location, config.storage)  # the stores in the folder, or under storage.url
+    data = open_data(run.data, config)
+    names, stamp = source_names(config, list(data.attrs["tasks"])), data_hash(data)
+    # `pixels` is pooled to the first source's feature size, as when every source is built in one process
+    needed = [names[0], name] if name == "pixels" and names[0] != name else [name]
+    source = build_sources(config, run.path, needed, int(data.attrs["image_size"]),
+                           resolve_device(config.train.device), stamp)[-1]
+    root = open_group(run.features, "r+")
+    return extract_source(root, data, source, stamp, batch=config.extract.batch,
+                          chunk_images=config.extract.chunk_images, force=force, progress=False)

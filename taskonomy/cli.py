@@ -347,16 +347,21 @@ def data(ctx: Context, force: bool, preview: str | None, rows: int, export_dir: 
         _say(ctx, f"data: exported {count} images to {export_dir}")
 
 
+_SCHEDULER_HELP = "Run its jobs on an existing dask.distributed cluster (overrides scheduler and transfer.scheduler)."
+
+
 @cli.command()
 @click.option("--force", is_flag=True, help="Retrain every network even if its checkpoint is up to date.")
+@click.option("--scheduler", default=None, metavar="ADDRESS", help=_SCHEDULER_HELP)
 @click.pass_obj
-def train(ctx: Context, force: bool) -> None:
+def train(ctx: Context, force: bool, scheduler: str | None = None) -> None:
     """Stage I: train one network per source task; writes models/ and stage1_quality.csv."""
     from taskonomy.extract.pipeline import train_all
 
+    config = _with_scheduler(ctx.config, scheduler, "train")
     run_dir = ctx.prepare_run_dir()
     start = time.perf_counter()
-    rows = train_all(ctx.config, run_dir, force=force, progress=ctx.progress)
+    rows = train_all(config, run_dir, force=force, progress=ctx.progress)
     _say(ctx, f"{'task':<18} {'test loss':>10} {'baseline':>10} {'ratio':>7} {'win rate':>9}  status")
     for row in rows:
         verdict = "" if row["beats_baseline"] else "  DOES NOT BEAT ITS BASELINE"
@@ -367,14 +372,16 @@ def train(ctx: Context, force: bool) -> None:
 
 @cli.command()
 @click.option("--force", is_flag=True, help="Recompute every source's features even if they are up to date.")
+@click.option("--scheduler", default=None, metavar="ADDRESS", help=_SCHEDULER_HELP)
 @click.pass_obj
-def extract(ctx: Context, force: bool) -> None:
+def extract(ctx: Context, force: bool, scheduler: str | None = None) -> None:
     """Run every frozen encoder once over every split into features.zarr."""
     from taskonomy.extract.pipeline import extract_all
 
+    config = _with_scheduler(ctx.config, scheduler, "extract")
     run_dir = ctx.prepare_run_dir()
     start = time.perf_counter()
-    outcome = extract_all(ctx.config, run_dir, force=force, progress=ctx.progress)
+    outcome = extract_all(config, run_dir, force=force, progress=ctx.progress)
     _report(ctx, "extract", outcome, RunFolder(run_dir).features, start)
 
 
@@ -387,7 +394,7 @@ def transfer(ctx: Context, force: bool, scheduler: str | None) -> None:
     """Stage II: readouts from cached features to every target -> transfers.zarr (per-image test losses)."""
     from taskonomy.transfer.stage import run_transfer
 
-    config = _with_scheduler(ctx.config, scheduler)
+    config = _with_scheduler(ctx.config, scheduler, "transfer")
     run_dir = ctx.prepare_run_dir()
     start = time.perf_counter()
     outcome = run_transfer(config, run_dir, force=force, progress=ctx.progress)
@@ -397,10 +404,17 @@ def transfer(ctx: Context, force: bool, scheduler: str | None) -> None:
     _report(ctx, "transfer", {t: outcome.describe(t) for t in outcome.trained}, RunFolder(run_dir).transfers, start)
 
 
-def _with_scheduler(config: Config, scheduler: str | None) -> Config:
-    if not scheduler:
-        return config
-    return config.model_copy(update={"transfer": config.transfer.model_copy(update={"scheduler": scheduler})})
+def _with_scheduler(config: Config, scheduler: str | None, stage: str | None = None) -> Config:
+    """The config with --scheduler ADDRESS over both `scheduler` and `transfer.scheduler` (the command's own; never
+    saved); with `stage`, a scheduler without the distributed package is refused before any work."""
+    if scheduler:
+        config = config.model_copy(update={"scheduler": scheduler, "transfer": config.transfer.model_copy(
+            update={"scheduler": scheduler})})
+    if stage:
+        from taskonomy.cluster import require_distributed, scheduler_of
+
+        require_distributed(scheduler_of(config, stage))
+    return config
 
 
 @cli.command("add-target")
@@ -860,12 +874,16 @@ STAGES = ("data", "train", "extract", "transfer", "ahp", "solve", "evaluate", "r
 @click.option("--force", is_flag=True, help="Redo every stage.")
 @click.option("--redo", multiple=True, type=click.Choice(STAGES),
               help="Redo this stage even if it is up to date (repeatable); later stages follow their hashes.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run train, extract and transfer on an existing dask.distributed cluster (overrides scheduler "
+                   "and transfer.scheduler).")
 @click.pass_context
-def run(click_ctx: click.Context, force: bool, redo: tuple[str, ...]) -> None:
+def run(click_ctx: click.Context, force: bool, redo: tuple[str, ...], scheduler: str | None) -> None:
     """Every stage in order, each skipped when its outputs are up to date; times go to run_timings.json."""
     import json
 
     ctx: Context = click_ctx.obj
+    _with_scheduler(ctx.config, scheduler, "train")  # a scheduler without its package: refused before any stage
     run_dir = ctx.prepare_run_dir()
     timings, done = {}, []
     for name in STAGES:
@@ -874,6 +892,8 @@ def run(click_ctx: click.Context, force: bool, redo: tuple[str, ...]) -> None:
         forced = {"force": True} if (force or name in redo) and name not in ("solve", "evaluate") else {}
         if name == "report":  # rebuilt every time; it shows the times of this run's stages so far
             forced = {"timings": dict(timings)}
+        if scheduler and name in ("train", "extract", "transfer"):
+            forced["scheduler"] = scheduler
         click_ctx.invoke(cli.commands[name], **forced)
         timings[name] = round(time.perf_counter() - start, 2)
         done.append(name)

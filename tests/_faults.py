@@ -102,3 +102,41 @@ def killed(config: Path, run_dir: Path, command: list[str], function: str, n: in
     result = subprocess.run([sys.executable, "-c", _KILLER, module, name, str(n), when, *args], cwd=ROOT,
                             capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"}, timeout=300)
     assert result.returncode == -9, f"not killed (exit {result.returncode}): {result.stderr[-2000:]}"
+
+
+try:  # the optional cluster extra: only the cluster tests use DiesOnce
+    from distributed import WorkerPlugin as _WorkerPlugin
+except ImportError:  # pragma: no cover
+    _WorkerPlugin = object
+
+
+class DiesOnce(_WorkerPlugin):
+    """A dask WorkerPlugin: in every worker process, the n-th call of `function` ("package.module:name") whose
+    first argument's repr contains `match` ends that process (os._exit, before the real call), once across the
+    cluster: the first process to get there creates `marker`; every later call (a restarted worker's too) runs
+    as usual. A worker dying mid-job with no hook in the code."""
+
+    name = "taskonomy-dies-once"
+
+    def __init__(self, marker: Path, function: str, n: int = 1, match: str = "") -> None:
+        self.marker, self.function, self.n, self.match = str(marker), function, n, match
+
+    def setup(self, worker) -> None:
+        import importlib
+
+        module, name = self.function.split(":")
+        owner = importlib.import_module(module)
+        real, calls, marker, n, match = getattr(owner, name), [], self.marker, self.n, self.match
+
+        def dying(*args, **kwargs):
+            if args and match in repr(args[0]):
+                calls.append(1)
+                if len(calls) == n:
+                    try:
+                        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                    except FileExistsError:
+                        return real(*args, **kwargs)
+                    os._exit(1)
+            return real(*args, **kwargs)
+
+        setattr(owner, name, dying)

@@ -149,11 +149,15 @@ def _write_target(store: zarr.Group, target: _Target, complete: bool) -> None:
 def _run_jobs(features: Path, jobs: list[ReadoutJob], config: Config, size: int, block: int,
               progress: bool) -> tuple[dict[str, ReadoutLosses], TrainReport]:
     """Train one job per target: side by side in this process (one per core, on one thread each: see
-    taskonomy.workers), or on a dask.distributed cluster. A job's losses are the same either way."""
+    taskonomy.workers), or one job per target on a dask.distributed cluster (taskonomy.cluster: transfer.scheduler,
+    else scheduler). A job's losses are the same either way."""
     if not jobs:
         return {}, TrainReport()
+    from taskonomy.cluster import scheduler_of
+
     root = open_group(features, "r")  # a folder, or a StoreURL under storage.url
-    if not config.transfer.scheduler:
+    address = scheduler_of(config, "transfer")
+    if not address:
         workers = job_workers(config.threads)
 
         def train(job: ReadoutJob):
@@ -163,12 +167,12 @@ def _run_jobs(features: Path, jobs: list[ReadoutJob], config: Config, size: int,
         parts = run_jobs(train, jobs, workers, cost=_readout_cost,
                          desc=f"readouts of {len(jobs)} targets" if progress else None)
     else:
-        from distributed import Client
+        from taskonomy.cluster import run_remote
 
-        with Client(config.transfer.scheduler, timeout="30s") as client:
-            futures = [client.submit(_remote_job, str(features), job, config.model_dump(mode="json"), size, block,
-                                     pure=False) for job in jobs]
-            parts = client.gather(futures)
+        dumped = config.model_dump(mode="json")
+        parts = run_remote(address, _remote_job, [(str(features), job, dumped, size, block) for job in jobs],
+                           names=[job.target for job in jobs], cost=lambda i: _readout_cost(jobs[i]),
+                           desc=f"readouts of {len(jobs)} targets" if progress else None)
     out, report = {}, TrainReport()
     for losses, part in parts:
         out.update(losses)
@@ -186,11 +190,9 @@ def _readout_cost(job: ReadoutJob) -> float:
 
 
 def _remote_job(features: str, job: ReadoutJob, config: dict[str, Any], size: int, block: int):
-    """One target's readouts on a dask.distributed worker, on one thread as in process (the same losses)."""
-    from taskonomy.runtime import cap_threads
-
+    """One target's readouts on a dask.distributed worker, on one thread as in process (taskonomy.cluster caps
+    it: the same losses)."""
     config = Config(**config)
-    cap_threads(1)
     return train_readouts(open_group(features, "r", config.storage), [job], config.transfer, size,
                           stage_seed(config), block)  # features: a path or URL; options from the config
 
