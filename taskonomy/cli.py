@@ -480,7 +480,8 @@ def _encoder_entry(encoder: str | None, kind: str | None, file: str | None, **en
 @click.option("--model", default=None, help="timm/torchvision: the architecture name, e.g. resnet50.")
 @click.option("--layer", default=None, help="timm/torchvision: the named module whose output is cached.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
-              help="Train its readouts on an existing dask.distributed cluster (overrides transfer.scheduler).")
+              help="Extract its features and train its readouts on an existing dask.distributed cluster "
+                   "(overrides scheduler and transfer.scheduler).")
 @click.pass_obj
 def add_source_command(ctx: Context, name: str, encoder: str | None, scheduler: str | None, **entry) -> None:
     """A new frozen encoder joins a finished run: only its features are extracted, only its transfers train."""

@@ -80,6 +80,21 @@ def test_a_worker_killed_mid_extraction_changes_no_feature(faults_run, tmp_path,
     assert store_bytes(copy / "features.zarr") == store_bytes(reference / "features.zarr")
 
 
+def test_run_sends_its_stages_to_the_scheduler(faults_run, tmp_path, cluster, monkeypatch):
+    from taskonomy.extract import pipeline
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("features extracted in process")
+
+    monkeypatch.setattr(pipeline, "extract_features", refuse)  # the in-process path; a job calls extract_source
+    config, reference = faults_run
+    copy = copy_run(reference, tmp_path, "features.zarr")
+    assert cli(config, copy, "run", "--scheduler", cluster.scheduler_address) == 0
+    assert store_bytes(copy / "features.zarr") == store_bytes(reference / "features.zarr")
+    saved = yaml.safe_load((copy / "config.yaml").read_text())
+    assert saved["scheduler"] is None and saved["transfer"]["scheduler"] is None  # the command's, never saved
+
+
 def test_a_job_refused_on_a_worker_is_one_line(faults_run, tmp_path, cluster, capsys):
     config, reference = faults_run
     copy = copy_run(reference, tmp_path, "features.zarr")
