@@ -144,6 +144,30 @@ def bench(label: str, config, folder: Path, address: str, clock: JobClock) -> No
               f"{'yes' if same[stage] else 'NO'}")
     total_a, total_b = sum(v[0] for v in local.values()), sum(v[0] for v in remote.values())
     print(f"{'all':<9} {'':>4} {total_a:>12.1f} {total_b:>10.1f} {total_b / total_a:>9.2f}")
+    work = units(runs["local"], data, config.transfer.epochs)
+    cost = {stage: (sum(local[stage][1]), sum(remote[stage][1])) for stage in STAGES}
+    per = {stage: " / ".join(f"{1000 * c / work[stage]:.3f}" for c in cost[stage]) for stage in STAGES}
+    print(f"per job-thread, (a) / (b): stage I {per['train']} s per 1,000 image-epochs ({work['train']:,}); "
+          f"extraction {per['extract']} s per 1,000 images of one source ({work['extract']:,}); stage II "
+          f"{per['transfer']} s per 1,000 readout-image-epochs ({work['transfer']:,})")
+
+
+def units(run_dir: Path, data, epochs: int) -> dict[str, int]:
+    """The work of each stage: stage I image-epochs (stage1_quality.csv), images encoded (every source, every
+    array), stage II readout-image-epochs (readouts x fitting images x epochs)."""
+    import csv
+
+    import zarr
+
+    with (run_dir / "stage1_quality.csv").open() as handle:
+        trained = sum(round(float(r["images_per_s"]) * float(r["seconds"])) for r in csv.DictReader(handle))
+    features = zarr.open_group(str(run_dir / "features.zarr"), mode="r")
+    encoded = sum(node.shape[0] for _, node in features.members(max_depth=None) if isinstance(node, zarr.Array))
+    store = zarr.open_group(str(run_dir / "transfers.zarr"), mode="r")
+    fitting = int(data["splits/transfer"].shape[0]) - len(store.attrs["validation_index"])
+    readouts = sum(len([n for n in store[t].attrs["transfers"] if n not in ("full", "scratch")])
+                   for t in store.attrs["targets"])
+    return {"train": trained, "extract": encoded, "transfer": readouts * fitting * epochs}
 
 
 def main() -> None:
