@@ -122,9 +122,10 @@ def bench(label: str, config, folder: Path, address: str, clock: JobClock) -> No
     data = open_data(data_path, config)
     n = {s: int(data[f"splits/{s}"].shape[0]) for s in ("train", "transfer", "test")}
     print(f"\n{label}: {len(data.attrs['tasks'])} tasks ({', '.join(data.attrs['tasks'])}), "
-          f"{sum(n.values())} images at {config.data.image_size} px (train {n['train']}, transfer {n['transfer']}, "
-          f"test {n['test']}); train.epochs {config.train.epochs}, width {config.train.width}; transfer.epochs "
-          f"{config.transfer.epochs}, max_order {config.transfer.max_order}, scratch off")
+          f"{int(data.attrs['n_images'])} images at {config.data.image_size} px (train {n['train']}, of which "
+          f"transfer {n['transfer']}; test {n['test']}); train.epochs {config.train.epochs}, width "
+          f"{config.train.width}; transfer.epochs {config.transfer.epochs}, max_order {config.transfer.max_order}, "
+          f"scratch off")
     runs = {}
     for mode in ("local", "cluster"):
         runs[mode] = folder / f"{label}.{mode}"
