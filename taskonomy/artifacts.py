@@ -191,9 +191,10 @@ def read_losses(run_dir: str | os.PathLike, targets: Sequence[str] | None = None
 
     A target not complete there is left out with a TaskonomyWarning (`purpose` says from what).
     """
+    from taskonomy.storage import locate
     from taskonomy.store import open_complete
 
-    path = RunFolder(run_dir).transfers if store_path is None else Path(store_path)
+    path = RunFolder(run_dir).transfers if store_path is None else locate(store_path)
     rebuild = REBUILD["transfers"]
     with _damage_named(path, rebuild):
         root = open_complete(path, rebuild)

@@ -191,8 +191,11 @@ class RunFolder:
         return self.path / f"taxonomy_budget_{budget:g}.png"
 
     def seed_transfers(self, seed: int) -> Path:
-        """transfers.seed<s>.zarr: stage II's losses under another readout seed, beside the run's own (stability)."""
-        return self.path / f"transfers.seed{int(seed)}.zarr"
+        """transfers.seed<s>.zarr: stage II's losses under another readout seed, beside the run's own (stability);
+        under storage.url when the stores are there."""
+        url, options = self.storage_url()
+        name = f"transfers.seed{int(seed)}.zarr"
+        return StoreURL(f"{url}/{name}", options) if url else self.path / name  # type: ignore[return-value]
 
 
 def format_version(run_dir: str | os.PathLike) -> int | None:

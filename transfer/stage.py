@@ -40,6 +40,7 @@ from taskonomy import tasks as registry
 from taskonomy.config import Config, content_hash
 from taskonomy.artifacts import AddedTarget, existing_rows, read_added_targets, transfer_name, write_target_losses
 from taskonomy.runfolder import RunFolder
+from taskonomy.storage import locate
 from taskonomy.store import mark_complete, open_group
 from taskonomy.transfer.screen import open_screen, write_screen_table
 from taskonomy.transfer.train import ReadoutJob, ReadoutLosses, TrainReport, train_readouts
@@ -342,7 +343,7 @@ def require_scheduler(config: Config) -> None:
 
 
 def run_transfer(config: Config, run_dir: str | Path, force: bool = False, progress: bool = True,
-                 only: list[str] | None = None, store_path: Path | None = None) -> TransferOutcome:
+                 only: list[str] | None = None, store_path: Any = None) -> TransferOutcome:
     """Fill transfers.zarr for every target (or the targets `only`, leaving the others as they are).
 
     `store_path`: another loss store to fill instead (a second readout seed's, beside the first: stability);
@@ -382,7 +383,7 @@ def run_transfer(config: Config, run_dir: str | Path, force: bool = False, progr
     screen = open_screen(config, data, features, sources, {n: added[n].task if n in added else registry.get(n)
                                                            for n in todo}, labels, held) \
         if config.transfer.screen else None
-    store_path = run.transfers if store_path is None else Path(store_path)
+    store_path = run.transfers if store_path is None else locate(store_path)
     store = open_group(store_path, "a")
     if force or store.attrs.get("data_hash") != data_id:
         store = open_group(store_path, "w")
