@@ -42,10 +42,20 @@ def _quality(run_dir: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in row.items() if k not in TIMINGS} for row in csv.DictReader(handle)]
 
 
-def test_stage1_on_a_cluster_gives_the_local_checkpoints(faults_run, tmp_path, cluster):
+def test_stage1_on_a_cluster_with_a_worker_killed_gives_the_local_checkpoints(faults_run, tmp_path, cluster):
+    from distributed import Client
+
     config, reference = faults_run
     copy = copy_run(reference, tmp_path, "models", "stage1_quality.csv")
-    assert cli(config, copy, "train", "--scheduler", cluster.scheduler_address) == 0
+    # the worker training `normal` dies as its job starts: the job is trained again on a worker, from its seed
+    plugin = DiesOnce(tmp_path / "died", "taskonomy.extract.pipeline:_train_and_test", match="'normal'")
+    with Client(cluster.scheduler_address) as client:
+        client.register_plugin(plugin)
+        try:
+            assert cli(config, copy, "train", "--scheduler", cluster.scheduler_address) == 0
+        finally:
+            client.unregister_worker_plugin(plugin.name)
+    assert (tmp_path / "died").exists()
     for path in sorted((reference / "models").glob("*.pt")):
         expected, got = load_checkpoint(path), load_checkpoint(copy / "models" / path.name)
         assert got["hash"] == expected["hash"] and got["epoch_losses"] == expected["epoch_losses"], path.stem
