@@ -9,6 +9,9 @@ one job per core on one torch thread each (taskonomy.workers), and (b) on a Loca
 worker processes (taskonomy.cluster, what `--scheduler` does). transfer.scratch is off in both: the scratch
 networks train in the calling process either way, and they are stage I networks on the smaller transfer split.
 
+Before the timed runs, each config runs once at 40 rooms and one epoch in both modes, untimed, so that the
+client and every worker have paid their first use of each network shape (a long-lived cluster has).
+
 Prints per stage: the jobs, wall seconds (a) and (b) and their ratio b/a, and the seconds of one job (mean and
 max, timed inside the job: (a) around each job function, (b) from the scheduler's task stream), and whether
 (b) made exactly (a)'s results (checkpoints' weights and test losses, features.zarr's bytes, transfers.zarr's
@@ -112,11 +115,37 @@ def same_results(a: Path, b: Path) -> dict[str, bool]:
     return same
 
 
+def warm_up(label: str, config, folder: Path, address: str, clock: JobClock) -> float:
+    """Every stage of `config` at 40 rooms and one epoch in both modes, untimed: the first use of each network
+    shape (imports, oneDNN primitives) is paid once per process, by the client in (a) and by each worker in (b),
+    and a long-lived cluster has paid it. Returns the seconds it took."""
+    from distributed import Client
+
+    from taskonomy.scenes.dataset import build_data
+
+    start = time.perf_counter()
+    small = config.model_copy(update={
+        "data": config.data.model_copy(update={"n_scenes": 40}),
+        "train": config.train.model_copy(update={"epochs": 1}),
+        "transfer": config.transfer.model_copy(update={"epochs": 1})})
+    for mode in ("local", "cluster"):
+        run = folder / f"{label}.warm.{mode}"
+        build_data(small, run / "data.zarr", progress=False)
+        if mode == "local":
+            run_stages(small, run, clock)
+        else:
+            with Client(address) as client:
+                run_stages(small.model_copy(update={"scheduler": address}), run, None, client)
+        shutil.rmtree(run)
+    return time.perf_counter() - start
+
+
 def bench(label: str, config, folder: Path, address: str, clock: JobClock) -> None:
     from distributed import Client
 
     from taskonomy.scenes.dataset import build_data, open_data
 
+    warm = warm_up(label, config, folder, address, clock)
     data_path = folder / f"{label}.data.zarr"
     build_data(config, data_path, progress=False)
     data = open_data(data_path, config)
@@ -125,7 +154,7 @@ def bench(label: str, config, folder: Path, address: str, clock: JobClock) -> No
           f"{int(data.attrs['n_images'])} images at {config.data.image_size} px (train {n['train']}, of which "
           f"transfer {n['transfer']}; test {n['test']}); train.epochs {config.train.epochs}, width "
           f"{config.train.width}; transfer.epochs {config.transfer.epochs}, max_order {config.transfer.max_order}, "
-          f"scratch off")
+          f"scratch off; warmed up untimed at 40 rooms, 1 epoch, both modes ({warm:.0f} s)")
     runs = {}
     for mode in ("local", "cluster"):
         runs[mode] = folder / f"{label}.{mode}"
@@ -171,6 +200,15 @@ def units(run_dir: Path, data, epochs: int) -> dict[str, int]:
     return {"train": trained, "extract": encoded, "transfer": readouts * fitting * epochs}
 
 
+def _warm_up() -> None:
+    """The imports a worker that has run jobs has done: torch, Numba (taskonomy.runtime), zarr and the stages."""
+    import taskonomy.extract.pipeline  # noqa: F401
+    import taskonomy.transfer.stage  # noqa: F401
+    from taskonomy.runtime import cap_threads
+
+    cap_threads(1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="tiny,slice", help="which configs: tiny, slice or both")
@@ -201,7 +239,11 @@ def main() -> None:
     start = time.perf_counter()
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             tempfile.TemporaryDirectory() as folder:
-        print(f"cluster start-up: {time.perf_counter() - start:.1f} s (not counted below)")
+        from distributed import Client
+
+        with Client(cluster.scheduler_address) as client:  # a long-lived cluster has its imports done
+            client.run(_warm_up)
+        print(f"cluster start-up and imports on the workers: {time.perf_counter() - start:.1f} s (not counted below)")
         for label in args.only.split(","):
             bench(label, configs[label], Path(folder), cluster.scheduler_address, clock)
 
