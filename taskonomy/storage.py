@@ -46,6 +46,11 @@ def storage_of(storage: Any) -> tuple[str | None, dict[str, Any]]:
     return storage.url, dict(storage.options or {})
 
 
+# s3fs's defaults that cost a request: with max_concurrency > 1 every whole-object read is a HEAD (its size, to
+# split large objects) and then the GET; chunks are far below s3fs's 50 MB block, so one GET does. `options` win.
+S3FS_DEFAULTS = {"max_concurrency": 1}
+
+
 @dataclass(frozen=True)
 class StoreURL:
     """A store (or prefix) at an object-storage URL; compared by URL (options are how to reach it)."""
@@ -84,7 +89,7 @@ class StoreURL:
             import s3fs
 
             _file_systems[key] = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False,
-                                                   **dict(self.options))
+                                                   **{**S3FS_DEFAULTS, **self.options})
         return _file_systems[key]
 
     def exists(self) -> bool:
@@ -101,10 +106,51 @@ class StoreURL:
     is_dir = exists
 
     def zarr_store(self, read_only: bool):
-        """zarr's FsspecStore over the URL (an asynchronous s3fs with the same options)."""
+        """zarr's FsspecStore over the URL (an asynchronous s3fs with the same options); read-only, behind a
+        cache of the objects it read (`_read_cache`)."""
         from zarr.storage import FsspecStore
 
-        return FsspecStore.from_url(self.url, storage_options=dict(self.options), read_only=read_only)
+        store = FsspecStore.from_url(self.url, storage_options={**S3FS_DEFAULTS, **self.options}, read_only=read_only)
+        return _read_cache(store) if read_only else store
+
+
+READ_CACHE_BYTES = 256 * 2**20
+
+
+def _read_cache(store):
+    """`store` with the last READ_CACHE_BYTES of whole objects it returned kept in memory. A stage reads the
+    same chunk many times (extract reads data.zarr's images once per source and batch: ~1,900 requests for the
+    tiny run's 13 image chunks, 100 s against a local S3 server instead of 10); from a folder the page cache
+    does this. Only read-only handles get one, and a handle lives for one stage: nothing it caches is written
+    meanwhile (the lease keeps other commands off the prefix)."""
+    from collections import OrderedDict
+
+    from zarr.storage import WrapperStore
+
+    class ReadCache(WrapperStore):
+        def __init__(self, inner) -> None:
+            super().__init__(inner)
+            self._cached: OrderedDict[str, Any] = OrderedDict()
+            self._bytes = 0
+
+        def _with_store(self, inner):
+            return type(self)(inner)
+
+        async def get(self, key, prototype, byte_range=None):
+            if byte_range is not None:
+                return await self._store.get(key, prototype, byte_range)
+            if key in self._cached:
+                self._cached.move_to_end(key)
+                return self._cached[key]
+            value = await self._store.get(key, prototype)
+            if value is not None and len(value) <= READ_CACHE_BYTES:
+                self._cached[key] = value
+                self._bytes += len(value)
+                while self._bytes > READ_CACHE_BYTES:
+                    self._bytes -= len(self._cached.popitem(last=False)[1])
+            return value
+
+    return ReadCache(store)
 
 
 def locate(path: str | os.PathLike | StoreURL, storage: Any = None) -> Path | StoreURL:
@@ -166,9 +212,15 @@ def check_reachable(url: StoreURL) -> None:
         import s3fs  # noqa: F401
     except ImportError:
         raise TaskonomyError(f"storage.url {url} needs s3fs: pip install 'taskonomy-engine[storage]'") from None
+    import s3fs
+
     bucket = url.key.partition("/")[0]
+    # few retries: a wrong endpoint answers in seconds, not after s3fs's and botocore's back-offs (~8 s)
+    probe = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False,
+                              **{"config_kwargs": {"retries": {"max_attempts": 1}}, **dict(url.options)})
+    probe.retries = 1  # s3fs's own retry loop (a class attribute, 5)
     with remote_errors(url):
         try:
-            url.fs().call_s3("head_bucket", Bucket=bucket)
+            probe.call_s3("head_bucket", Bucket=bucket)
         except FileNotFoundError:
             raise TaskonomyError(f"{url}: the bucket {bucket} does not exist") from None

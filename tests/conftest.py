@@ -65,3 +65,42 @@ def faults_run(tmp_path_factory) -> tuple[Path, Path]:
     assert cli(config, folder / "run", "run") == 0
     cap_threads(2)  # the config runs on one thread; the rest of the suite expects two
     return config, folder / "run"
+
+
+@pytest.fixture(scope="session")
+def s3_storage():
+    """A local S3 server for the session (moto's server mode on a free port; never a real cloud) and the
+    environment s3fs reads, with fake credentials, restored after the session: yields a SimpleNamespace with
+    `bucket`, `endpoint` and `url(name)` -> a fresh prefix s3://<bucket>/<name> for a test's stores
+    (storage.url). Reusable by any test, also across processes a test starts (a LocalCluster's workers inherit
+    the environment). Skipped where the test extra's s3fs and moto[server] are not installed."""
+    import logging
+    import socket
+    from types import SimpleNamespace
+
+    pytest.importorskip("s3fs")
+    server = pytest.importorskip("moto.server")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    moto = server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    with pytest.MonkeyPatch.context() as env:
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_CONFIG_FILE",
+                     "AWS_SHARED_CREDENTIALS_FILE"):
+            env.delenv(name, raising=False)
+        env.setenv("AWS_ACCESS_KEY_ID", "testing")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        env.setenv("AWS_ENDPOINT_URL", endpoint)
+        env.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no credential lookup on a metadata service
+        import s3fs
+
+        bucket = "taskonomy-tests"
+        s3fs.S3FileSystem(skip_instance_cache=True).mkdir(bucket)
+        try:
+            yield SimpleNamespace(bucket=bucket, endpoint=endpoint, url=lambda name: f"s3://{bucket}/{name}")
+        finally:
+            moto.stop()
