@@ -107,9 +107,11 @@ class Context:
         return context
 
     def output_of(self, stage: str) -> str | None:
-        """The name of `stage`'s stored output in the folder, or None when it has none there."""
+        """The name of `stage`'s stored output in the folder (a store: under the folder's storage.url when it has
+        one), or None when it has none there."""
+        run = RunFolder(self.run_dir, (self.stored or self.config).storage)
         for name in OUTPUTS[stage]:
-            if (self.run_dir / FILES[name]).exists():
+            if getattr(run, name).exists():
                 return FILES[name] + ("/" if name == "models" else "")
         return None
 

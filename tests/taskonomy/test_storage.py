@@ -104,6 +104,16 @@ def test_a_missing_chunk_object_is_named_with_the_store_and_its_rebuild_command(
     open_complete(store, "taskonomy extract")
 
 
+def test_a_changed_key_of_a_store_at_the_url_is_refused_as_in_a_folder(s3_run, capsys):
+    """The run-folder contract: a command may not change a key of a stored result it does not rebuild, and
+    stores at the URL count as the folder's."""
+    _, remote, _ = s3_run
+    capsys.readouterr()
+    assert main(["-q", "--run-dir", str(remote), "--set", "transfer.epochs=5", "ahp"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "transfer.epochs is 2" in err and "does not rebuild transfers.zarr" in err
+
+
 def test_find_damage_reads_a_store_at_a_url_as_a_folder(s3_storage):
     """A lost chunk object, a chunk failing its checksum and garbled metadata, each named as in a folder."""
     url = StoreURL(s3_storage.url("damage")) / "x.zarr"
