@@ -84,7 +84,7 @@ def train_all(config: Config, run_dir: Path, force: bool = False, progress: bool
     the cluster at `scheduler` (taskonomy.cluster); each checkpoint is saved as soon as its network is done, so
     a run killed midway keeps every finished network.
     """
-    data = open_data(RunFolder(run_dir).data, config)
+    data = open_data(RunFolder(run_dir, config.storage).data, config)
     address = scheduler_of(config, "train")
     rows: dict[str, dict] = {}
     todo = []
@@ -243,12 +243,12 @@ def build_sources(config: Config, run_dir: Path, names: list[str], size: int, de
 def extract_all(config: Config, run_dir: Path, force: bool = False, progress: bool = True) -> dict[str, str]:
     """Fill features.zarr with every source; returns {source: outcome}. With a scheduler, one job per source on
     the cluster, each writing its own source's arrays (see the module docstring)."""
-    data = open_data(RunFolder(run_dir).data, config)
+    data = open_data(RunFolder(run_dir, config.storage).data, config)
     names = source_names(config, list(data.attrs["tasks"]))
     address = scheduler_of(config, "extract")
     if address:
         stamp, outcome = data_hash(data), {}
-        root = open_for_sources(RunFolder(run_dir).features, stamp)
+        root = open_for_sources(RunFolder(run_dir, config.storage).features, stamp)
         run_remote(address, _remote_extract, [(str(run_dir), config.model_dump(mode="json"), name, force)
                                               for name in names], names=names,
                    done=lambda i, state: outcome.__setitem__(names[i], state), gpu=wants_gpu(config.train.device),
@@ -257,7 +257,7 @@ def extract_all(config: Config, run_dir: Path, force: bool = False, progress: bo
         return {name: outcome[name] for name in names}
     device = resolve_device(config.train.device)
     sources = build_sources(config, run_dir, names, int(data.attrs["image_size"]), device, data_hash(data))
-    return extract_features(RunFolder(run_dir).features, data, sources, batch=config.extract.batch,
+    return extract_features(RunFolder(run_dir, config.storage).features, data, sources, batch=config.extract.batch,
                             chunk_images=config.extract.chunk_images, force=force, progress=progress)
 
 
