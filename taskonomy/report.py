@@ -585,7 +585,7 @@ def _sections(run: RunFolder, config: Config, out: Path, timings: dict[str, floa
                                                               run, out)
          if run.estimate_agreement_json.is_file() else None),  # only where `taskonomy estimate` measured them
         ("taxonomy", "Stage IV: taxonomies", _taxonomy_section(run, out)),
-        ("stability", "Stability of the taxonomy under resampled test images",
+        ("stability", "Stability of the taxonomy: resampled test images and readout seeds",
          _guarded(run.stability_json.name, _stability_section, run)
          if run.stability_json.is_file() else None),  # only where `taskonomy stability` measured it
         ("significance", "Is the taxonomy better than chance?",
