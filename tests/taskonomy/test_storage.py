@@ -182,6 +182,13 @@ def test_a_second_command_on_the_prefix_is_refused_while_the_lease_is_held(s3_st
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "is in use by process" in err
         assert not (tmp_path / "new").exists()  # the folder it made is removed again
+        # another process: its conditional put finds the lease object and it names the holder (exit 2)
+        (tmp_path / "other").mkdir()
+        done = subprocess.run([sys.executable, "-m", "taskonomy", "-q", "--config", str(config), "--run-dir",
+                               str(tmp_path / "other"), "data"], env=os.environ.copy(), capture_output=True,
+                              text=True, cwd=ROOT)
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert f"leased is in use by process {os.getpid()} on " in done.stderr and str(first) in done.stderr
     finally:
         release(first)
     acquire(second, "taskonomy extract", storage)  # released: the next command takes it
