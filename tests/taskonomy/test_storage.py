@@ -84,6 +84,25 @@ def test_a_run_with_its_stores_at_a_url_equals_the_local_run_bit_for_bit(s3_run,
         assert (there["arrays"], there["chunks"]) == (here["arrays"], here["chunks"])
 
 
+def test_a_command_killed_at_the_url_is_resumed_after_its_lease_is_taken_over(s3_run, s3_storage):
+    """SIGKILL mid-way through `transfer --force` (the first target written, transfers.zarr incomplete at the
+    URL, the lease object left behind): the next `transfer` takes the dead process's lease over, finishes the
+    store, and its losses are the local run's bit for bit."""
+    from _faults import killed
+
+    local, remote, args = s3_run
+    config = Path(args[args.index("--config") + 1])
+    killed(config, remote, ["transfer", "--force"], "taskonomy.transfer.stage:_write_target", 1, "after")
+    lease = StoreURL(s3_storage.url("run")) / LEASE
+    assert json.loads(lease.fs().cat_file(lease.key))["pid"] != os.getpid()  # the dead process's
+    assert not is_complete(RunFolder(remote).transfers)
+    assert main([*args, "transfer"]) == 0
+    here, there = _losses(local / "transfers.zarr"), _losses(RunFolder(remote).transfers)
+    for target in TARGETS:
+        np.testing.assert_array_equal(here[target][1], there[target][1])
+    assert not lease.fs().exists(lease.key)
+
+
 def test_a_missing_chunk_object_is_named_with_the_store_and_its_rebuild_command(s3_run, capsys):
     _, remote, args = s3_run
     store = RunFolder(remote).features
