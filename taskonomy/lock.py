@@ -15,7 +15,9 @@ created with a conditional put (S3 `If-None-Match: *`: exactly one of two racing
 prefix is refused in one line naming the holder. Unlike a flock, a lease outlives a killed process: one left by
 a process of this host that is gone (its pid no longer runs) is stale and taken over (deleted, then created
 again conditionally); one from another host cannot be checked from here and is refused, with the lease's URL to
-delete once its holder is known to be gone.
+delete once its holder is known to be gone. The delete is not conditional (s3fs has no delete-if-unchanged),
+so two commands taking over the same stale lease in the same instant could both get in; every other race is
+settled by the conditional put.
 """
 
 from __future__ import annotations
@@ -99,7 +101,12 @@ def acquire_lease(prefix: StoreURL, command: str, run_dir: str | Path) -> None:
                     raise TaskonomyError(f"{prefix} is in use by {lease_holder(other)}; wait for it to finish or "
                                          f"stop it, or use another storage.url (if that process is gone, delete "
                                          f"{lease})")
-                fs.rm(lease.key)
+                try:  # still the stale one? (another command may have taken it over meanwhile)
+                    if json.loads(fs.cat_file(lease.key)).get("token") != other.get("token"):
+                        continue
+                except (FileNotFoundError, ValueError):
+                    continue
+                fs.rm(lease.key)  # two takeovers racing past this check in the same instant both get in
             else:
                 raise TaskonomyError(f"{prefix}: could not claim {lease} (other commands keep taking it)")
         _leases[prefix.url] = [token, 1, doc]
