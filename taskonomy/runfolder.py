@@ -26,7 +26,7 @@ import json
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +142,7 @@ class RunFolder:
     """
 
     path: Path
-    storage: Any = None
+    storage: Any = field(default=None, compare=False)  # equal and hashed by its path, as before
 
     def __init__(self, path: str | os.PathLike, storage: Any = None) -> None:
         object.__setattr__(self, "path", Path(path))
