@@ -216,6 +216,8 @@ def main() -> None:
     parser.add_argument("--tasks", default="normal,depth_zbuffer,class_scene",
                         help="the slice's 3 tasks (sources and targets)")
     parser.add_argument("--quick", action="store_true", help="a smoke test: 40 rooms and 1 epoch in both configs")
+    parser.add_argument("--no-malloc-trim", action="store_true",
+                        help="start the workers without dask's MALLOC_TRIM_THRESHOLD_=65536 (docs/scaling.md)")
     args = parser.parse_args()
 
     from taskonomy.runtime import cap_threads, describe_device
@@ -237,7 +239,12 @@ def main() -> None:
     clock = JobClock()
     clock.install()
     start = time.perf_counter()
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    import dask
+
+    trim = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None} if args.no_malloc_trim else {}
+    print(f"workers' MALLOC_TRIM_THRESHOLD_: {'unset' if args.no_malloc_trim else 'dask default (65536)'}")
+    with dask.config.set(trim), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             tempfile.TemporaryDirectory() as folder:
         from distributed import Client
 
