@@ -796,23 +796,18 @@ def stability(ctx: Context, resamples: int | None, budgets: str | None, max_orde
     chosen = _budgets(budgets) if budgets is not None else None
     readout_seeds = _seeds(seeds) if seeds is not None else ()
 
-    def row(s) -> None:
+    def row(s, under_seeds) -> None:
         shaky = sorted(s.same_transfer.items(), key=lambda item: item[1])[:3]
         _say(ctx, f"stability: budget {s.budget:g}: supervise {', '.join(s.supervised) or s.status}; same set in "
                   f"{s.same_set:.1%} of {s.resamples} resamples; same transfer {s.mean_same_transfer:.1%} on average"
                   + (f", least: {', '.join(f'{t} {v:.0%}' for t, v in shaky)}" if shaky else ""))
+        if under_seeds is not None:
+            _say(ctx, f"stability: budget {s.budget:g} under readout seeds {seeds}: same set in "
+                      f"{under_seeds.same_set:.0%}, same transfer {under_seeds.mean_same_transfer:.0%} on average")
 
     results, paths = run_stability(ctx.config, ctx.run_dir, resamples=resamples, budgets=chosen,
                                    max_order=max_order, readout_seeds=readout_seeds, progress=row,
                                    train_progress=ctx.progress)
-    if readout_seeds:
-        import json
-
-        doc = json.loads(Path(paths[1]).read_text())
-        for entry in doc["budgets"]:
-            seeds_part = entry["seeds"]
-            _say(ctx, f"stability: budget {entry['budget']:g} under readout seeds {seeds}: same set in "
-                      f"{seeds_part['same_set']:.0%}, same transfer {seeds_part['mean_same_transfer']:.0%} on average")
     _say(ctx, f"stability: {len(results)} budgets -> {', '.join(str(p) for p in paths)}")
 
 

@@ -81,29 +81,32 @@ def stability(problem_at: Callable[[Rows | None, float], Problem], resampled: Se
               time_limit: float = 60.0) -> list[BudgetStability]:
     """Per budget: the BIP on the point affinities (`problem_at(None, budget)`) against the BIP on each resample's
     (`problem_at(rows, budget)`)."""
-    out = []
-    for budget in budgets:
-        point = solve(problem_at(None, budget), solver=solver, time_limit=time_limit)
-        policy = {t: tr.name for t, tr in point.policy.items()}
-        sets: Counter = Counter()
-        transfers: dict[str, Counter] = {t: Counter() for t in policy}
-        for rows in resampled:
-            again = solve(problem_at(rows, budget), solver=solver, time_limit=time_limit)
-            sets[again.supervised if again.policy else ("(no policy)",)] += 1
-            for t in policy:
-                transfers[t][again.policy[t].name if t in again.policy else "(no policy)"] += 1
-        n = len(resampled)
-        same = {t: counts[policy[t]] / n if n else math.nan for t, counts in transfers.items()}
-        runner_up = {}
-        for t, counts in transfers.items():
-            other = next(((name, c / n) for name, c in counts.most_common() if name != policy[t]), None)
-            if other:
-                runner_up[t] = other
-        out.append(BudgetStability(
-            float(budget), max_order, point.status, point.supervised, policy, n,
-            sets[point.supervised] / n if n and point.policy else math.nan, same,
-            [(s, c / n) for s, c in sets.most_common(_SHOWN)], runner_up))
-    return out
+    return [_recurrence(solve(problem_at(None, budget), solver=solver, time_limit=time_limit), budget, max_order,
+                        problem_at, resampled, solver, time_limit) for budget in budgets]
+
+
+def _recurrence(point: Any, budget: float, max_order: int, problem_at: Callable[[Rows | None, float], Problem],
+                resampled: Sequence[Rows], solver: str, time_limit: float) -> BudgetStability:
+    """How often the taxonomy `point` (the BIP's solution at `budget`) recurs when the BIP is solved on each of
+    `resampled`."""
+    policy = {t: tr.name for t, tr in point.policy.items()}
+    sets: Counter = Counter()
+    transfers: dict[str, Counter] = {t: Counter() for t in policy}
+    for rows in resampled:
+        again = solve(problem_at(rows, budget), solver=solver, time_limit=time_limit)
+        sets[again.supervised if again.policy else ("(no policy)",)] += 1
+        for t in policy:
+            transfers[t][again.policy[t].name if t in again.policy else "(no policy)"] += 1
+    n = len(resampled)
+    same = {t: counts[policy[t]] / n if n else math.nan for t, counts in transfers.items()}
+    runner_up = {}
+    for t, counts in transfers.items():
+        other = next(((name, c / n) for name, c in counts.most_common() if name != policy[t]), None)
+        if other:
+            runner_up[t] = other
+    return BudgetStability(float(budget), max_order, point.status, point.supervised, policy, n,
+                           sets[point.supervised] / n if n and point.policy else math.nan, same,
+                           [(s, c / n) for s, c in sets.most_common(_SHOWN)], runner_up)
 
 
 COLUMNS = ["budget", "max_order", "target", "transfer", "same_transfer", "runner_up", "runner_up_share",
@@ -118,7 +121,7 @@ def seed_affinities(config: Config, run_dir: str | Path, seeds: Sequence[int], t
     from taskonomy.ahp.kernels import affinities
     from taskonomy.transfer.stage import run_transfer, stage_seed
 
-    run, own = RunFolder(run_dir), stage_seed(config)
+    run, own = RunFolder(run_dir, config.storage), stage_seed(config)  # the stores where the run's are
     if own in seeds:
         raise TaskonomyError(f"--readout-seeds: {own} is the run's own readout seed (transfer.seed, else seed); "
                              f"name other seeds")
@@ -140,11 +143,11 @@ def seed_affinities(config: Config, run_dir: str | Path, seeds: Sequence[int], t
 def run_stability(config: Config, run_dir: str | Path, *, resamples: int | None = None,
                   budgets: Sequence[float] | None = None, max_order: int | None = None,
                   readout_seeds: Sequence[int] = (),
-                  progress: Callable[[BudgetStability], None] | None = None,
+                  progress: Callable[[BudgetStability, BudgetStability | None], None] | None = None,
                   train_progress: bool = False) -> tuple[list[BudgetStability], list[Path]]:
     """Resample the test images, solve the BIP on each resample's affinities at every budget (default 1..5, as far
     as there are sources), and on each other readout seed's; write stability.csv (per target) and stability.json
-    (per budget)."""
+    (per budget). `progress(bootstrap, seeds)` as each budget is done (seeds: None without readout seeds)."""
     from taskonomy import artifacts
     from taskonomy.taxonomy.bip import Transfer
     from taskonomy.taxonomy.stage import hyperedges, make_problem, read_affinity
@@ -177,14 +180,14 @@ def run_stability(config: Config, run_dir: str | Path, *, resamples: int | None 
 
     results, by_seed = [], []
     for budget in budgets:
-        results += stability(problem_at, resampled, [budget], top, cfg.solver, cfg.time_limit)
-        if seeded:
-            by_seed += stability(problem_at, seeded, [budget], top, cfg.solver, cfg.time_limit)
+        point = solve(problem_at(None, budget), solver=cfg.solver, time_limit=cfg.time_limit)
+        results.append(_recurrence(point, budget, top, problem_at, resampled, cfg.solver, cfg.time_limit))
+        by_seed.append(_recurrence(point, budget, top, problem_at, seeded, cfg.solver, cfg.time_limit)
+                       if seeded else None)
         if progress:
-            progress(results[-1])
+            progress(results[-1], by_seed[-1])
     rows = []
-    for i, s in enumerate(results):
-        other = by_seed[i] if seeded else None
+    for s, other in zip(results, by_seed, strict=True):
         for t, name in s.policy.items():
             seeds = [other.same_transfer[t], other.runner_up.get(t, (None,))[0]] if other else [None, None]
             rows.append([s.budget, s.max_order, t, name, s.same_transfer[t], *s.runner_up.get(t, (None, None)),
@@ -193,11 +196,8 @@ def run_stability(config: Config, run_dir: str | Path, *, resamples: int | None 
     summary = _summary(results, count, config.seed)
     if seeded:
         summary["readout_seeds"] = [int(s) for s in readout_seeds]
-        for entry, s in zip(summary["budgets"], by_seed):
-            entry["seeds"] = {"same_set": _number(s.same_set), "mean_same_transfer": _number(s.mean_same_transfer),
-                              "sets": [{"supervised": list(names), "share": round(share, 6)}
-                                       for names, share in s.sets],
-                              "same_transfer": {t: round(v, 6) for t, v in s.same_transfer.items()}}
+        for entry, s in zip(summary["budgets"], by_seed, strict=True):
+            entry["seeds"] = _shares(s)
     return results, [write_csv(run.stability_csv, COLUMNS, rows, digits=6), write_json(run.stability_json, summary)]
 
 
@@ -205,13 +205,16 @@ def _number(value: float) -> float | None:
     return None if math.isnan(value) else round(value, 6)
 
 
+def _shares(s: BudgetStability) -> dict[str, Any]:
+    """How often one budget's taxonomy recurs, as stability.json records it."""
+    return {"same_set": _number(s.same_set), "mean_same_transfer": _number(s.mean_same_transfer),
+            "sets": [{"supervised": list(names), "share": round(share, 6)} for names, share in s.sets],
+            "same_transfer": {t: round(v, 6) for t, v in s.same_transfer.items()}}
+
+
 def _summary(results: Sequence[BudgetStability], resamples: int, seed: int) -> dict[str, Any]:
-    number = _number
     return {"resamples": resamples, "seed": seed,
             "note": "bootstrap resamples of the test images, as stage III's affinity intervals; a resample on which "
                     "the BIP finds no policy counts as a change",
             "budgets": [{"budget": s.budget, "max_order": s.max_order, "status": s.status,
-                         "supervised": list(s.supervised), "same_set": number(s.same_set),
-                         "mean_same_transfer": number(s.mean_same_transfer),
-                         "sets": [{"supervised": list(names), "share": round(share, 6)} for names, share in s.sets],
-                         "same_transfer": {t: round(v, 6) for t, v in s.same_transfer.items()}} for s in results]}
+                         "supervised": list(s.supervised), **_shares(s)} for s in results]}
