@@ -191,8 +191,7 @@ def read_losses(run_dir: str | os.PathLike, targets: Sequence[str] | None = None
 
     A target not complete there is left out with a TaskonomyWarning (`purpose` says from what).
     """
-    from taskonomy.storage import locate
-    from taskonomy.store import open_complete
+    from taskonomy.store import locate, open_complete
 
     path = RunFolder(run_dir).transfers if store_path is None else locate(store_path)
     rebuild = REBUILD["transfers"]
